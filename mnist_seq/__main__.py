@@ -1,0 +1,3 @@
+from mnist_seq.cli import main
+
+main()

@@ -1,0 +1,81 @@
+"""The run folder: its file names, creating it safely, and atomic writes.
+
+A run folder holds config.yaml, history.csv, history.json, model.keras,
+best.keras, metrics.json and curves.png. Files are written under a temporary
+name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mnist_seq.errors import MnistSeqError, RunDirError
+
+CONFIG, HISTORY_CSV, HISTORY_JSON = "config.yaml", "history.csv", "history.json"
+MODEL, BEST_MODEL, METRICS, CURVES = "model.keras", "best.keras", "metrics.json", "curves.png"
+
+
+def make_run_dir(name: str, run_dir: str | Path | None = None, root: str | Path = "runs") -> Path:
+    """Create a new run folder; never reuse one that exists.
+
+    Without `run_dir`, the folder is `root/<name>-<YYYYmmdd-HHMMSS>` (with -2, -3...
+    when two runs start in the same second).
+    """
+    if run_dir is not None:
+        path = Path(run_dir)
+        if path.exists():
+            raise RunDirError(f"run folder already exists: {path}; give a new --run-dir "
+                              "(mnist-seq never overwrites a run)")
+        candidates = [path]
+    else:
+        base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        candidates = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 100)]
+    for path in candidates:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunDirError(f"cannot create run folder {path}: {e.strerror or e}") from None
+    raise RunDirError(f"could not find a free run folder name next to {candidates[0]}")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise MnistSeqError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """Per-epoch records of a run, from history.json or else history.csv."""
+    run_dir = Path(run_dir)
+    if (run_dir / HISTORY_JSON).is_file():
+        try:
+            rows = json.loads((run_dir / HISTORY_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MnistSeqError(f"{run_dir / HISTORY_JSON}: unreadable ({e})") from None
+    elif (run_dir / HISTORY_CSV).is_file():
+        with open(run_dir / HISTORY_CSV, newline="", encoding="utf-8") as f:
+            rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+    else:
+        raise MnistSeqError(f"no {HISTORY_JSON} or {HISTORY_CSV} in {run_dir}: "
+                            "is this a mnist-seq run folder?")
+    if not isinstance(rows, list) or not rows:
+        raise MnistSeqError(f"{run_dir}: the history holds no epochs yet")
+    return rows

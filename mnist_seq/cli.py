@@ -1,0 +1,129 @@
+"""The `mnist-seq` command line. It parses arguments and calls the library;
+it is the only place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+
+import click
+
+from mnist_seq import __version__
+from mnist_seq.errors import MnistSeqError
+
+
+class _Group(click.Group):
+    """Turns library errors into one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except MnistSeqError as e:
+            if _debug(ctx):
+                raise
+            _fail(ctx, str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail(ctx, "interrupted", 130)
+        except Exception as e:  # a bug or an environment problem we did not foresee
+            if _debug(ctx):
+                raise
+            _fail(ctx, f"unexpected {e.__class__.__name__}: {e} (run with --debug for the "
+                       "traceback)", 1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("MNIST_SEQ_DEBUG") == "1"
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    click.echo(f"Error: {' '.join(message.split())}", err=True)
+    ctx.exit(code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mnist-seq")
+@click.option("--debug", is_flag=True, help="Show TensorFlow's logs and full tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Train, evaluate and understand MNIST classifiers with Keras."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.option("--model", "model_name", metavar="NAME",
+              help="A bundled config: lstm (default), lstm-single, cnn, mlp.")
+@click.option("--config", "config_file", metavar="FILE", help="Your own YAML config instead.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any config key, e.g. --set model.units=[64,64]. Repeatable.")
+@click.option("--epochs", metavar="N", help="Shortcut for --set train.epochs=N.")
+@click.option("--batch-size", metavar="N", help="Shortcut for --set train.batch_size=N.")
+@click.option("--learning-rate", metavar="X", help="Shortcut for --set train.learning_rate=X.")
+@click.option("--seed", metavar="N", help="Shortcut for --set train.seed=N.")
+@click.option("--max-train-samples", metavar="N",
+              help="Train on a random slice of N samples (smoke runs).")
+@click.option("--max-test-samples", metavar="N", help="Score only the first N test samples.")
+@click.option("--data-dir", metavar="DIR",
+              help="Folder with the MNIST IDX files or mnist.npz (else $MNIST_SEQ_DATA, "
+                   "data.dir, the Keras cache).")
+@click.option("--run-dir", metavar="DIR", help="Run folder to create (must not exist).")
+@click.option("--runs-root", default="runs", show_default=True, metavar="DIR",
+              help="Where new run folders go.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True, help="Where to train.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs.")
+@click.pass_context
+def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size, learning_rate,
+          seed, max_train_samples, max_test_samples, data_dir, run_dir, runs_root, device,
+          tensorboard) -> None:
+    """Train a model from a YAML config and write a run folder."""
+    from pathlib import Path
+
+    from mnist_seq.config import load_config, parse_override
+
+    shortcuts = {
+        "train.epochs": epochs, "train.batch_size": batch_size,
+        "train.learning_rate": learning_rate, "train.seed": seed,
+        "data.max_train_samples": max_train_samples, "data.max_test_samples": max_test_samples,
+    }
+    overrides = [parse_override(s) for s in sets]
+    overrides += [parse_override(f"{k}={v}") for k, v in shortcuts.items() if v is not None]
+    config = load_config(model_name if not config_file else None, config_file, overrides)
+    name = Path(config_file).stem if config_file else (model_name or "lstm")
+
+    from mnist_seq.train import train_and_evaluate
+
+    run, _ = train_and_evaluate(
+        config, run_dir, name=name, runs_root=runs_root, data_dir=data_dir, device=device,
+        tensorboard=tensorboard, debug=ctx.obj["debug"],
+        command=shlex.join(["mnist-seq", *sys.argv[1:]]), log=click.echo,
+    )
+    click.echo(f"Wrote {run}")
+
+
+@cli.command("plot-history")
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--out", metavar="FILE",
+              help="PNG to write (default: curves.png in the run, or ./runs-history.png).")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Metric to draw (repeatable; default: loss and accuracy).")
+@click.option("--log-loss", is_flag=True, help="Log scale for loss panels.")
+def plot_history(runs, out, metrics, log_loss) -> None:
+    """Draw loss and accuracy curves, training vs validation, of one or more runs."""
+    from pathlib import Path
+
+    from mnist_seq.artifacts import CURVES, read_history
+    from mnist_seq.plotting import plot_curves
+
+    histories = {Path(r).name: read_history(r) for r in runs}
+    default = Path(runs[0]) / CURVES if len(runs) == 1 else Path("runs-history.png")
+    path = plot_curves(histories, out or default, tuple(metrics) or ("loss", "accuracy"),
+                       log_loss=log_loss)
+    click.echo(f"Wrote {path}")
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="mnist-seq")

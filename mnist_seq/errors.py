@@ -1,0 +1,21 @@
+"""Errors a user can cause. Library code raises them; only the CLI prints them."""
+
+
+class MnistSeqError(Exception):
+    """A problem the user can fix; shown as one line, exit code 1."""
+
+    exit_code = 1
+
+
+class ConfigError(MnistSeqError):
+    """A bad config, override or command-line value (a usage error, exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(MnistSeqError):
+    """Missing, unreadable or malformed data files."""
+
+
+class RunDirError(MnistSeqError):
+    """A run folder that cannot be created, or would overwrite an existing one."""

@@ -1,0 +1,109 @@
+"""Model builders, a registry by `model.type`.
+
+Every model takes a batch of images shaped (28, 28) with values in [0, 1] and
+returns 10 class probabilities. The LSTM reads the 28 rows as 28 timesteps of
+28 features; the CNN reshapes to (28, 28, 1); the MLP flattens to 784.
+Only Keras layers are used (no `tf.*`), so the models stay backend-neutral.
+Keras is imported inside the builders: the CLI's --help must not load it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+
+# The keys each model type accepts, with their defaults (config.py validates against these).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lstm": {
+        "units": [128],  # one LSTM layer per entry; all but the last return sequences
+        "dropout": 0.0,  # Dropout layer after each LSTM (keeps the fast cuDNN kernel usable)
+        "recurrent_dropout": 0.0,
+        "l2_last": 0.0,  # L2 factor on the last LSTM layer's kernel
+    },
+    "cnn": {
+        "conv": [{"filters": 32, "kernel": 3, "padding": "same", "pool": 2}],
+        "dense": [128],
+        "dropout": 0.0,  # Dropout after each hidden Dense layer
+        "activation": "relu",
+    },
+    "mlp": {
+        "hidden": [512],
+        "dropout": 0.0,
+        "activation": "relu",
+    },
+}
+
+
+def build_lstm(cfg: dict[str, Any]):
+    """Stacked LSTM over image rows: (28 timesteps, 28 features) -> 10 classes."""
+    import keras
+
+    inputs = keras.Input(IMAGE_SHAPE, name="rows")
+    x = inputs
+    units = cfg["units"]
+    for i, n in enumerate(units):
+        last = i == len(units) - 1
+        x = keras.layers.LSTM(
+            n,
+            return_sequences=not last,  # hand every step's hidden state to the next LSTM
+            recurrent_dropout=cfg["recurrent_dropout"],
+            kernel_regularizer=keras.regularizers.L2(cfg["l2_last"])
+            if last and cfg["l2_last"]
+            else None,
+            name=f"lstm_{i + 1}",
+        )(x)
+        if cfg["dropout"]:
+            x = keras.layers.Dropout(cfg["dropout"], name=f"dropout_{i + 1}")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="lstm")
+
+
+def build_cnn(cfg: dict[str, Any]):
+    """Conv blocks (conv + optional max-pool), then dense layers, then 10 classes."""
+    import keras
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channels")(inputs)
+    for i, block in enumerate(cfg["conv"], start=1):
+        x = keras.layers.Conv2D(
+            block["filters"],
+            block["kernel"],
+            padding=block["padding"],
+            activation=cfg["activation"],
+            name=f"conv_{i}",
+        )(x)
+        if block["pool"] > 1:
+            x = keras.layers.MaxPooling2D(block["pool"], name=f"pool_{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = _dense_stack(keras, x, cfg["dense"], cfg)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def build_mlp(cfg: dict[str, Any]):
+    """Flatten to 784 pixels, hidden dense layers, then 10 classes."""
+    import keras
+
+    inputs = keras.Input(IMAGE_SHAPE, name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = _dense_stack(keras, x, cfg["hidden"], cfg)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="mlp")
+
+
+def _dense_stack(keras, x, sizes: list[int], cfg: dict[str, Any]):
+    for i, n in enumerate(sizes, start=1):
+        x = keras.layers.Dense(n, activation=cfg["activation"], name=f"dense_{i}")(x)
+        if cfg["dropout"]:
+            x = keras.layers.Dropout(cfg["dropout"], name=f"dropout_{i}")(x)
+    return x
+
+
+BUILDERS = {"lstm": build_lstm, "cnn": build_cnn, "mlp": build_mlp}
+
+
+def build_model(model_cfg: dict[str, Any]):
+    """Build the (uncompiled) Keras model a validated `model` config section describes."""
+    return BUILDERS[model_cfg["type"]](model_cfg)
