@@ -79,3 +79,73 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
     if not isinstance(rows, list) or not rows:
         raise MnistSeqError(f"{run_dir}: the history holds no epochs yet")
     return rows
+
+
+RUN_COLUMNS = ("name", "model", "params", "epochs", "best_val_accuracy", "test_accuracy",
+               "train_seconds")
+
+
+def summarize_run(run_dir: Path) -> dict[str, Any]:
+    """One row about a run folder, whether finished, in progress or resumed."""
+    import yaml
+
+    config = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8")) or {}
+    metrics = {}
+    if (run_dir / METRICS).is_file():
+        metrics = json.loads((run_dir / METRICS).read_text(encoding="utf-8"))
+    try:
+        rows = read_history(run_dir)
+    except MnistSeqError:
+        rows = []
+    val = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "model": (config.get("model") or {}).get("type"),
+        "params": metrics.get("params"),
+        "epochs": len(rows),
+        "best_val_accuracy": max(val) if val else None,
+        "test_accuracy": metrics.get("test_accuracy"),
+        "train_seconds": metrics.get("train_seconds"),
+    }
+
+
+def list_runs(root: str | Path = "runs", sort: str = "name") -> list[dict[str, Any]]:
+    """Every run folder (one holding config.yaml) under `root`, sorted by a column."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MnistSeqError(f"no runs folder at {root}")
+    if sort not in RUN_COLUMNS:
+        raise MnistSeqError(f"cannot sort by {sort!r}: expected one of {', '.join(RUN_COLUMNS)}")
+    found = []
+    for config in sorted(root.rglob(CONFIG)):
+        try:
+            found.append(summarize_run(config.parent))
+        except (OSError, ValueError) as e:  # a damaged run must not hide the others
+            found.append({"name": config.parent.name, "path": str(config.parent),
+                          "error": str(e)[:100]})
+    # Missing values sort last; names ascend, figures descend (best first).
+    descending = sort != "name"
+    present = [r for r in found if r.get(sort) is not None]
+    missing = [r for r in found if r.get(sort) is None]
+    return sorted(present, key=lambda r: r[sort], reverse=descending) + missing
+
+
+def format_runs(rows: list[dict[str, Any]]) -> str:
+    """The runs as an aligned text table."""
+    def cell(row, col):
+        value = row.get(col)
+        if value is None:
+            return "-"
+        if col.endswith("accuracy"):
+            return f"{100 * value:.2f}%"
+        if col == "params":
+            return f"{value:,}"
+        if col == "train_seconds":
+            return f"{value:.0f}s"
+        return str(value)
+
+    table = [list(RUN_COLUMNS)] + [[cell(r, c) for c in RUN_COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(RUN_COLUMNS))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+                     for line in table)

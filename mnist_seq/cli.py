@@ -103,6 +103,52 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
     click.echo(f"Wrote {run}")
 
 
+@cli.command()
+@click.argument("run_or_model", metavar="RUN_DIR|MODEL.keras")
+@click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
+@click.option("--max-test-samples", type=click.IntRange(min=1), metavar="N",
+              help="Score only the first N test samples.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def evaluate(ctx: click.Context, run_or_model, data_dir, max_test_samples, as_json) -> None:
+    """Test loss and accuracy, per-class figures, confusion matrix and worst errors."""
+    import json
+
+    from mnist_seq.evaluation import evaluate as run_evaluation
+    from mnist_seq.evaluation import format_report
+
+    result = run_evaluation(run_or_model, data_dir, max_test_samples, debug=ctx.obj["debug"])
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_report(result))
+    click.echo("\nWrote " + ", ".join(result["files"]) + " and evaluation.json")
+
+
+@cli.command()
+@click.argument("model", metavar="RUN_DIR|MODEL.keras")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+@click.option("--save-input", metavar="DIR", help="Write the 28x28 image the model saw.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@click.pass_context
+def predict(ctx: click.Context, model, images, save_input, as_json) -> None:
+    """Top-3 digits for PNG/JPEG/BMP images (any size or polarity) or .npy arrays."""
+    import json
+
+    from mnist_seq.evaluation import resolve_model_path
+    from mnist_seq.predict import predict_files
+
+    results = predict_files(resolve_model_path(model), list(images), save_input,
+                            debug=ctx.obj["debug"])
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        guesses = ", ".join(f"{t['class']} ({100 * t['probability']:.1f}%)" for t in r["top"])
+        saved = f"   [saw {r['saved']}]" if "saved" in r else ""
+        click.echo(f"{r['input']}: {guesses}{saved}")
+
+
 @cli.command("plot-history")
 @click.argument("runs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option("--out", metavar="FILE",
@@ -122,6 +168,22 @@ def plot_history(runs, out, metrics, log_loss) -> None:
     path = plot_curves(histories, out or default, tuple(metrics) or ("loss", "accuracy"),
                        log_loss=log_loss)
     click.echo(f"Wrote {path}")
+
+
+@cli.command()
+@click.argument("root", default="runs", metavar="[DIR]")
+@click.option("--sort", default="name", show_default=True, metavar="COLUMN",
+              help="name, model, params, epochs, best_val_accuracy, test_accuracy or "
+                   "train_seconds (figures sort best first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def runs(root, sort, as_json) -> None:
+    """List the runs under DIR (default: runs) with their key figures."""
+    import json
+
+    from mnist_seq.artifacts import format_runs, list_runs
+
+    rows = list_runs(root, sort)
+    click.echo(json.dumps(rows, indent=2) if as_json else format_runs(rows))
 
 
 def main() -> None:

@@ -1,11 +1,37 @@
-"""Training curves as PNG: loss and accuracy side by side, training vs validation."""
+"""Pictures as PNG: training curves, confusion matrices, galleries of digits."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_seq.data import NUM_CLASSES
 
 Rows = list[dict[str, float]]
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: files only, no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out: Path) -> Path:
+    """Save a figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
 
 
 def plot_curves(
@@ -18,11 +44,7 @@ def plot_curves(
 
     With several runs, each run gets one colour and the legend names it.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, rows) in enumerate(histories.items()):
@@ -52,13 +74,7 @@ def plot_curves(
             ax.set_yscale("log")
     title = next(iter(histories)) if len(histories) == 1 else f"{len(histories)} runs"
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # atomic: no half-written PNG
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return save_figure(fig, Path(out))
 
 
 def _best_epoch(rows: Rows) -> int | None:
@@ -68,3 +84,38 @@ def _best_epoch(rows: Rows) -> int | None:
     if any("val_loss" in r for r in rows):
         return min(range(len(rows)), key=lambda i: rows[i].get("val_loss", float("inf")))
     return None
+
+
+def plot_confusion(confusion: list[list[int]], out: Path, title: str) -> Path:
+    """The confusion matrix as a heatmap, counts written in each cell."""
+    plt = pyplot()
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    # Log colour scale: the diagonal's thousands would otherwise hide the errors.
+    im = ax.imshow(np.log10(matrix + 1), cmap="Blues")
+    for (r, c), v in np.ndenumerate(matrix):
+        ax.text(c, r, str(v), ha="center", va="center", fontsize=8,
+                color="white" if r == c else ("black" if v == 0 else "darkred"))
+    ax.set_xticks(range(NUM_CLASSES))
+    ax.set_yticks(range(NUM_CLASSES))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log10(count + 1)")
+    return save_figure(fig, out)
+
+
+def plot_worst_errors(images: np.ndarray, errors: list[dict[str, Any]], out: Path,
+                      title: str) -> Path:
+    """A 5x5 gallery of the most confidently wrong digits."""
+    plt = pyplot()
+    fig, axes = plt.subplots(5, 5, figsize=(8, 9))
+    for ax, err in zip(axes.flat, errors + [None] * (25 - len(errors)), strict=True):
+        ax.axis("off")
+        if err is None:
+            continue
+        ax.imshow(images[err["index"]], cmap="gray_r")
+        ax.set_title(f"true {err['label']}  pred {err['predicted']}\n"
+                     f"{100 * err['confidence']:.1f}%  (#{err['index']})", fontsize=8)
+    fig.suptitle(title)
+    return save_figure(fig, out)

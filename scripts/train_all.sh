@@ -12,13 +12,4 @@ for name in ${configs[@]}; do
   end=$(date +%s.%N)
   python3 -c "print(round($end - $start, 1))" > "$root/$name/wall_seconds.txt"
 done
-python3 - "$root" ${configs[@]} <<'PY'
-import json, sys
-root, names = sys.argv[1], sys.argv[2:]
-print("| config | test accuracy | epochs | train time (s) | wall time of the command (s) |")
-print("|---|---|---|---|---|")
-for n in names:
-    m = json.load(open(f"{root}/{n}/metrics.json"))
-    wall = open(f"{root}/{n}/wall_seconds.txt").read().strip()
-    print(f"| {n} | {100 * m['test_accuracy']:.2f}% | {m['epochs']} | {m['train_seconds']:.0f} | {wall} |")
-PY
+python3 "$(dirname "$0")/results_table.py" "$root" ${configs[@]}

@@ -1,0 +1,183 @@
+"""Evaluation: load a .keras model safely, score it on the test set, and draw the results."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_seq import artifacts, backend
+from mnist_seq.config import read_yaml
+from mnist_seq.data import NUM_CLASSES, load_mnist, to_float
+from mnist_seq.errors import MnistSeqError
+from mnist_seq.plotting import plot_confusion, plot_worst_errors
+
+# Input shapes a model may take; MNIST images are reshaped to fit.
+ACCEPTED_INPUTS = ((28, 28), (28, 28, 1), (784,))
+EVALUATION, CONFUSION_PNG, ERRORS_PNG = "evaluation.json", "confusion.png", "worst-errors.png"
+
+
+def resolve_model_path(run_or_model: str | Path) -> Path:
+    """A run folder means its model.keras; a file must be a .keras model."""
+    path = Path(run_or_model)
+    if path.is_dir():
+        model = path / artifacts.MODEL
+        if not model.is_file():
+            raise MnistSeqError(f"no {artifacts.MODEL} in {path}: is this a finished "
+                                "mnist-seq run folder?")
+        return model
+    if not path.exists():
+        raise MnistSeqError(f"no such run folder or model file: {path}")
+    return path
+
+
+def load_model(path: str | Path):
+    """Load a `.keras` model with Keras's safe_mode on (no arbitrary code, no Lambda layers)."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise MnistSeqError(f"{path}: expected a .keras model file, got '{path.suffix or 'no'}' "
+                            "suffix (only the .keras format is loaded)")
+    if not zipfile.is_zipfile(path):
+        raise MnistSeqError(f"{path}: not a .keras model (a .keras file is a zip archive)")
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode" in str(e) or "Lambda" in str(e):
+            raise MnistSeqError(f"{path}: refused, the model holds unsafe content (a Lambda "
+                                "layer or custom code) that would run arbitrary code") from None
+        raise MnistSeqError(f"{path}: cannot load the model ({_first_line(e)})") from None
+    except Exception as e:
+        raise MnistSeqError(f"{path}: cannot load the model ({e.__class__.__name__}: "
+                            f"{_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else e.__class__.__name__
+
+
+def fit_input(model, images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, 28, 28) as float32 in the shape the model takes."""
+    shape = tuple(model.inputs[0].shape[1:])
+    if shape not in ACCEPTED_INPUTS:
+        raise MnistSeqError(f"model input shape {shape} does not fit MNIST: expected one of "
+                            f"{', '.join(map(str, ACCEPTED_INPUTS))}")
+    return to_float(images).reshape((len(images), *shape))
+
+
+def predict_proba(model, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, bool]:
+    """Class probabilities (N, 10), and whether the model gave logits (then softmaxed here)."""
+    out = np.asarray(model.predict(fit_input(model, images), batch_size=batch_size, verbose=0),
+                     dtype=np.float64)
+    if out.ndim != 2 or out.shape[1] != NUM_CLASSES:
+        raise MnistSeqError(f"model output shape {out.shape[1:]} is not (10,) class scores")
+    logits = bool(out.min() < 0 or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
+    if logits:
+        out = np.exp(out - out.max(axis=1, keepdims=True))
+        out /= out.sum(axis=1, keepdims=True)
+    return out, logits
+
+
+def keras_loss(model, images: np.ndarray, labels: np.ndarray, from_logits: bool) -> float:
+    """Sparse cross-entropy exactly as Keras's `model.evaluate` reports it (Keras reads the
+    logits behind a softmax output, which a clipped log of the probabilities does not)."""
+    import keras
+
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+    return float(model.evaluate(fit_input(model, images), labels, batch_size=512, verbose=0))
+
+
+def score(probs: np.ndarray, labels: np.ndarray, worst: int = 25) -> dict[str, Any]:
+    """Loss, accuracy, top-2, per-class precision/recall/F1, confusion matrix, worst errors.
+
+    The loss here is from clipped probabilities; `evaluate` replaces it with Keras's own."""
+    labels = np.asarray(labels, dtype=np.int64)
+    pred = probs.argmax(axis=1)
+    # Keras's sparse cross-entropy clips probabilities to [1e-7, 1 - 1e-7] the same way.
+    p_true = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    np.add.at(confusion, (labels, pred), 1)
+    tp = np.diag(confusion).astype(float)
+    precision = np.divide(tp, confusion.sum(axis=0), out=np.zeros(NUM_CLASSES),
+                          where=confusion.sum(axis=0) > 0)
+    recall = np.divide(tp, confusion.sum(axis=1), out=np.zeros(NUM_CLASSES),
+                       where=confusion.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(NUM_CLASSES),
+                   where=(precision + recall) > 0)
+    top2 = np.argsort(probs, axis=1)[:, -2:]
+    wrong = np.flatnonzero(pred != labels)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:worst]
+    return {
+        "samples": len(labels),
+        "loss": float(np.mean(-np.log(p_true))),
+        "accuracy": float(np.mean(pred == labels)),
+        "top2_accuracy": float(np.mean((top2 == labels[:, None]).any(axis=1))),
+        "per_class": [
+            {"class": c, "precision": float(precision[c]), "recall": float(recall[c]),
+             "f1": float(f1[c]), "support": int(confusion[c].sum())}
+            for c in range(NUM_CLASSES)
+        ],
+        "confusion": confusion.tolist(),
+        "worst_errors": [
+            {"index": int(i), "label": int(labels[i]), "predicted": int(pred[i]),
+             "confidence": float(probs[i, pred[i]])}
+            for i in wrong
+        ],
+    }
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The figures as text: headline, per-class table, confusion matrix."""
+    lines = [
+        f"Test loss {result['loss']:.4f}   accuracy {result['accuracy']:.4f}   "
+        f"top-2 accuracy {result['top2_accuracy']:.4f}   ({result['samples']:,} samples)",
+        "",
+        "class  precision  recall      f1  support",
+    ]
+    for row in result["per_class"]:
+        lines.append(f"{row['class']:>5}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  "
+                     f"{row['f1']:>6.4f}  {row['support']:>7}")
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)",
+              "      " + "".join(f"{c:>6}" for c in range(NUM_CLASSES))]
+    for c, row in enumerate(result["confusion"]):
+        lines.append(f"{c:>6}" + "".join(f"{v:>6}" for v in row))
+    return "\n".join(lines)
+
+
+def evaluate(
+    run_or_model: str | Path,
+    data_dir: str | Path | None = None,
+    max_samples: int | None = None,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """Score a run's model.keras (or any .keras file) on the MNIST test set once.
+
+    Writes evaluation.json, confusion.png and worst-errors.png beside the model.
+    """
+    model_path = resolve_model_path(run_or_model)
+    run_config = model_path.parent / artifacts.CONFIG
+    config_dir = None
+    if run_config.is_file():  # a run remembers where its data came from
+        config_dir = (read_yaml(run_config).get("data") or {}).get("dir")
+    data = load_mnist(data_dir, config_dir)
+    x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
+    backend.setup("auto", debug=debug)
+    model = load_model(model_path)
+    probs, logits = predict_proba(model, x_test)
+    result = {"model": str(model_path), "data_source": data.source, **score(probs, y_test)}
+    result["loss"] = keras_loss(model, x_test, y_test, from_logits=logits)
+    out_dir = model_path.parent
+    name = out_dir.name
+    result["files"] = [
+        str(plot_confusion(result["confusion"], out_dir / CONFUSION_PNG,
+                           f"{name}: confusion matrix, {result['accuracy']:.2%} right")),
+        str(plot_worst_errors(x_test, result["worst_errors"], out_dir / ERRORS_PNG,
+                              f"{name}: the {len(result['worst_errors'])} most confidently "
+                              "wrong test digits")),
+    ]
+    artifacts.write_json(out_dir / EVALUATION, result)
+    return result
