@@ -171,6 +171,17 @@ def plot_history(runs, out, metrics, log_loss) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--data-dir", metavar="DIR", help="MNIST files, if the run must be evaluated.")
+@click.pass_context
+def report(ctx: click.Context, run_dir, data_dir) -> None:
+    """Write RUN_DIR/report.html: everything about a run in one shareable file."""
+    from mnist_seq.report import build_report
+
+    click.echo(f"Wrote {build_report(run_dir, data_dir, debug=ctx.obj['debug'])}")
+
+
+@cli.command()
 @click.argument("root", default="runs", metavar="[DIR]")
 @click.option("--sort", default="name", show_default=True, metavar="COLUMN",
               help="name, model, params, epochs, best_val_accuracy, test_accuracy or "

@@ -194,7 +194,7 @@ def load_keras_cache() -> Dataset:
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise DataError(f"MNIST not found: no --data-dir, {ENV_VAR} or data.dir was given, "
                         f"there is no Keras cache at {cache}, and downloading it failed "
-                        f"({reason[:120]}). {HOW_TO_POINT}") from None
+                        f"({reason[:200]}). {HOW_TO_POINT}") from None
     return load_npz(keras_cache_path())
 
 

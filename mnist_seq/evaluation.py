@@ -159,14 +159,15 @@ def evaluate(
     Writes evaluation.json, confusion.png and worst-errors.png beside the model.
     """
     model_path = resolve_model_path(run_or_model)
+    backend.setup("auto", debug=debug)
+    model = load_model(model_path)
+    fit_input(model, np.zeros((1, 28, 28), np.uint8))  # a wrong input shape fails before I/O
     run_config = model_path.parent / artifacts.CONFIG
     config_dir = None
     if run_config.is_file():  # a run remembers where its data came from
         config_dir = (read_yaml(run_config).get("data") or {}).get("dir")
     data = load_mnist(data_dir, config_dir)
     x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
-    backend.setup("auto", debug=debug)
-    model = load_model(model_path)
     probs, logits = predict_proba(model, x_test)
     result = {"model": str(model_path), "data_source": data.source, **score(probs, y_test)}
     result["loss"] = keras_loss(model, x_test, y_test, from_logits=logits)

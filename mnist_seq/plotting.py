@@ -119,3 +119,16 @@ def plot_worst_errors(images: np.ndarray, errors: list[dict[str, Any]], out: Pat
                      f"{100 * err['confidence']:.1f}%  (#{err['index']})", fontsize=8)
     fig.suptitle(title)
     return save_figure(fig, out)
+
+
+def plot_epoch_seconds(rows: Rows, out: Path) -> Path:
+    """Seconds per epoch as bars (the first epoch includes graph tracing)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    epochs = [int(r.get("epoch", i)) + 1 for i, r in enumerate(rows)]
+    ax.bar(epochs, [r.get("seconds", 0) for r in rows], color="tab:gray")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("seconds")
+    ax.set_title("time per epoch")
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, out)

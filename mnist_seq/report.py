@@ -1,0 +1,91 @@
+"""One self-contained HTML page about a run, images embedded, to share as a single file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from mnist_seq import artifacts
+from mnist_seq.errors import MnistSeqError
+from mnist_seq.evaluation import CONFUSION_PNG, ERRORS_PNG, EVALUATION, evaluate
+from mnist_seq.plotting import plot_epoch_seconds
+
+REPORT = "report.html"
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 9px;
+text-align:right}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1em}"""
+
+
+def build_report(run_dir: str | Path, data_dir: str | Path | None = None,
+                 debug: bool = False) -> Path:
+    """Write RUN_DIR/report.html; evaluates the run first if it has not been evaluated."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / artifacts.METRICS
+    if not metrics_path.is_file():
+        raise MnistSeqError(f"no {artifacts.METRICS} in {run_dir}: the report needs a "
+                            "finished run")
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    if (run_dir / EVALUATION).is_file():
+        evaluation = json.loads((run_dir / EVALUATION).read_text(encoding="utf-8"))
+    else:
+        evaluation = evaluate(run_dir, data_dir, debug=debug)
+    rows = artifacts.read_history(run_dir)
+    seconds_png = plot_epoch_seconds(rows, run_dir / "epoch-seconds.png")
+    config = (run_dir / artifacts.CONFIG).read_text(encoding="utf-8")
+
+    parts = [
+        f"<h1>{_e(run_dir.name)}</h1>",
+        _table("Test figures", {
+            "test accuracy": f"{evaluation['accuracy']:.4f}",
+            "test loss": f"{evaluation['loss']:.4f}",
+            "top-2 accuracy": f"{evaluation['top2_accuracy']:.4f}",
+            "best validation accuracy": f"{metrics.get('best_val_accuracy', 0):.4f} "
+                                        f"(epoch {metrics.get('best_epoch')})",
+            "test samples": evaluation["samples"],
+        }),
+        "<h2>Training curves</h2>", _img(run_dir / artifacts.CURVES),
+        _per_class(evaluation),
+        "<h2>Confusion matrix</h2>", _img(run_dir / CONFUSION_PNG),
+        "<h2>Most confidently wrong test digits</h2>", _img(run_dir / ERRORS_PNG),
+        "<h2>Time per epoch</h2>", _img(seconds_png),
+        _table("Speed, device and versions", {
+            key: metrics.get(key) for key in (
+                "train_seconds", "samples_per_second", "epochs", "params", "train_samples",
+                "val_samples", "device", "seed", "python", "tensorflow", "keras", "numpy",
+                "platform", "intra_op_threads", "inter_op_threads", "data_source",
+                "started", "finished", "command")
+        }),
+        "<h2>Config</h2>", f"<pre>{_e(config)}</pre>",
+    ]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(run_dir.name)}"
+            f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    out = run_dir / REPORT
+    artifacts.write_text(out, page)
+    return out
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _img(path: Path) -> str:
+    if not path.is_file():
+        return f"<p><em>{_e(path.name)} is missing</em></p>"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img alt='{_e(path.name)}' src='data:image/png;base64,{data}'>"
+
+
+def _table(title: str, items: dict[str, Any]) -> str:
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items.items())
+    return f"<h2>{_e(title)}</h2><table>{body}</table>"
+
+
+def _per_class(evaluation: dict[str, Any]) -> str:
+    head = "<tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+    body = "".join(
+        f"<tr><td>{r['class']}</td><td>{r['precision']:.4f}</td><td>{r['recall']:.4f}</td>"
+        f"<td>{r['f1']:.4f}</td><td>{r['support']}</td></tr>" for r in evaluation["per_class"])
+    return f"<h2>Per class</h2><table>{head}{body}</table>"
