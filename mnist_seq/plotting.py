@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mnist_seq.data import NUM_CLASSES
+from mnist_seq.errors import MnistSeqError
 
 Rows = list[dict[str, float]]
 
@@ -44,6 +45,13 @@ def plot_curves(
 
     With several runs, each run gets one colour and the legend names it.
     """
+    # "val_loss" means the loss panel, which draws both curves.
+    metrics = tuple(dict.fromkeys(m.removeprefix("val_") for m in metrics))
+    recorded = {k.removeprefix("val_") for rows in histories.values() for r in rows for k in r}
+    for metric in metrics:
+        if metric not in recorded:
+            raise MnistSeqError(f"no metric '{metric}' in the history; recorded: "
+                                f"{', '.join(sorted(recorded - {'epoch'}))}")
     plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -53,7 +61,9 @@ def plot_curves(
         best = _best_epoch(rows)
         for ax, metric in zip(axes[0], metrics, strict=True):
             label = "" if len(histories) == 1 else f"{name} "
-            for key, style, what in ((metric, "-", "training"), (f"val_{metric}", "--",
+            has_val = any(f"val_{metric}" in r for r in rows)
+            train_what = "training" if has_val else metric.replace("_", " ")
+            for key, style, what in ((metric, "-", train_what), (f"val_{metric}", "--",
                                                                   "validation")):
                 values = [r.get(key) for r in rows]
                 if all(v is None for v in values):

@@ -131,6 +131,11 @@ def test_plot_history_one_and_several_runs(data_dir, tmp_path):
     assert matplotlib.image.imread(out).shape[0] > 200
     assert_one_line_error(run("plot-history", str(tmp_path)), "no history.json",
                           "mnist-seq run folder")
+    result = run("plot-history", str(tmp_path / "a"), "--metric", "val_loss", "--metric",
+                 "learning_rate", "--log-loss")
+    assert result.exit_code == 0 and (tmp_path / "a" / "curves.png").is_file(), result.output
+    assert_one_line_error(run("plot-history", str(tmp_path / "a"), "--metric", "acc"),
+                          "no metric 'acc' in the history; recorded: accuracy")
 
 
 def test_existing_run_dir_is_never_touched(data_dir, tmp_path):
