@@ -17,7 +17,7 @@ from mnist_seq.errors import MnistSeqError
 DEVICES = ("auto", "cpu", "gpu")
 
 
-def setup(device: str = "auto", debug: bool = False) -> str:
+def setup(device: str = "auto", debug: bool = False, deterministic: bool = False) -> str:
     """Set the backend and device, import Keras, and return where training runs, in words."""
     if device not in DEVICES:
         raise MnistSeqError(f"--device: got {device!r}, expected one of {', '.join(DEVICES)}")
@@ -32,6 +32,8 @@ def setup(device: str = "auto", debug: bool = False) -> str:
         import tensorflow as tf
     if not debug:
         tf.get_logger().setLevel("ERROR")
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         cuda = tf.test.is_built_with_cuda()

@@ -74,10 +74,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
               show_default=True, help="Where to train.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs.")
+@click.option("--deterministic", is_flag=True,
+              help="TensorFlow op determinism: two runs with the same seed match exactly.")
+@click.option("--resume", metavar="RUN_DIR",
+              help="Continue a killed or interrupted run from its last completed epoch.")
 @click.pass_context
 def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size, learning_rate,
           seed, max_train_samples, max_test_samples, data_dir, run_dir, runs_root, device,
-          tensorboard) -> None:
+          tensorboard, deterministic, resume) -> None:
     """Train a model from a YAML config and write a run folder."""
     from pathlib import Path
 
@@ -86,18 +90,28 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
     shortcuts = {
         "train.epochs": epochs, "train.batch_size": batch_size,
         "train.learning_rate": learning_rate, "train.seed": seed,
+        "train.deterministic": "true" if deterministic else None,
         "data.max_train_samples": max_train_samples, "data.max_test_samples": max_test_samples,
     }
     overrides = [parse_override(s) for s in sets]
     overrides += [parse_override(f"{k}={v}") for k, v in shortcuts.items() if v is not None]
-    config = load_config(model_name if not config_file else None, config_file, overrides)
-    name = Path(config_file).stem if config_file else (model_name or "lstm")
+    if resume:
+        from mnist_seq.errors import ConfigError
+        from mnist_seq.train import resume_config
+
+        if overrides or model_name or config_file or run_dir:
+            raise ConfigError("--resume continues a run with its own config.yaml; drop "
+                              "--model, --config, --run-dir and every config override")
+        config, name, run_dir = resume_config(resume), Path(resume).name, resume
+    else:
+        config = load_config(model_name if not config_file else None, config_file, overrides)
+        name = Path(config_file).stem if config_file else (model_name or "lstm")
 
     from mnist_seq.train import train_and_evaluate
 
     run, _ = train_and_evaluate(
-        config, run_dir, name=name, runs_root=runs_root, data_dir=data_dir, device=device,
-        tensorboard=tensorboard, debug=ctx.obj["debug"],
+        config, run_dir, name=name, runs_root=runs_root, resume=bool(resume),
+        data_dir=data_dir, device=device, tensorboard=tensorboard, debug=ctx.obj["debug"],
         command=shlex.join(["mnist-seq", *sys.argv[1:]]), log=click.echo,
     )
     click.echo(f"Wrote {run}")

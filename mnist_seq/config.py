@@ -26,6 +26,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "validation_fraction": 0.1,
     "seed": 0,
+    "deterministic": False,  # TensorFlow op determinism: identical reruns, a little slower
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "dir": None,  # folder with the IDX files or mnist.npz; None = env var or Keras cache

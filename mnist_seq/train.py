@@ -1,21 +1,47 @@
-"""Training: one function, `train_and_evaluate(config, run_dir)`, built on Keras callbacks."""
+"""Training: one function, `train_and_evaluate(config, run_dir)`, built on Keras callbacks.
+
+A run survives being killed: Keras's BackupAndRestore saves the weights and the
+optimizer state (so the learning-rate schedule too) after every epoch in
+RUN/backup, and `resume=True` continues from the last completed epoch.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mnist_seq import artifacts, backend
-from mnist_seq.config import dump_config
+from mnist_seq.config import dump_config, read_yaml, validate
 from mnist_seq.data import load_mnist, split_train_val, to_float
-from mnist_seq.errors import MnistSeqError
+from mnist_seq.errors import MnistSeqError, RunDirError
 from mnist_seq.models import build_model
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
+BACKUP = "backup"
+# Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss past this means the
+# true class gets probability e^-1000: the weights have blown up, NaN or not.
+DIVERGED_LOSS = 1e3
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                   "seconds")
+
+
+class TrainingInterrupted(MnistSeqError):
+    """Ctrl-C: the run stopped cleanly and can be resumed."""
+
+    exit_code = 130
+
+
+class TrainingDiverged(MnistSeqError):
+    """The loss became NaN or infinite."""
 
 
 def make_optimizer(train_cfg: dict[str, Any], steps_per_epoch: int):
@@ -42,29 +68,129 @@ def compile_model(config: dict[str, Any], train_samples: int):
     return model
 
 
-def _epoch_recorder(run_dir: Path):
-    """A callback that adds learning rate and seconds to each epoch's logs (so
-    CSVLogger and History record them) and rewrites history.json every epoch,
-    so a run in progress can be plotted."""
+def resume_config(run_dir: str | Path) -> dict[str, Any]:
+    """The config of an unfinished run, checked, for `--resume`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / artifacts.CONFIG).is_file():
+        raise RunDirError(f"no run to resume at {run_dir}: expected a run folder with "
+                          f"{artifacts.CONFIG}")
+    if (run_dir / artifacts.METRICS).is_file():
+        raise RunDirError(f"{run_dir} has finished already ({artifacts.METRICS} is there); "
+                          "nothing to resume")
+    return validate(read_yaml(run_dir / artifacts.CONFIG))
+
+
+def _callbacks(run_dir: Path, rows: list[dict[str, float]]):
+    """The run's callbacks: a guard (Ctrl-C, NaN), the history, the best model, the backup."""
     import keras
 
-    class EpochRecorder(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.rows: list[dict[str, float]] = []
+    class Guard(keras.callbacks.Callback):
+        """Stops at the end of a batch after Ctrl-C, or at the first non-finite loss."""
+
+        interrupted = False
 
         def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = float((logs or {}).get("loss", 0.0))
+            if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {loss:.4g} in epoch {self.epoch + 1}, "
+                    f"batch {batch + 1} (a model that guesses scores {math.log(10):.2f}); "
+                    f"try a lower train.learning_rate. {_kept(run_dir)}")
+            if self.interrupted:
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {self.epoch + 1}; {len(rows)} completed epochs are "
+                    f"saved. Resume with: mnist-seq train --resume {run_dir}")
+
+    class Recorder(keras.callbacks.Callback):
+        """Adds learning rate and seconds to each epoch's logs, and rewrites history.json
+        and history.csv (atomically) every epoch, so a run in progress can be plotted."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
-            lr = self.model.optimizer.learning_rate
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
-            logs["seconds"] = round(time.perf_counter() - self._start, 3)
-            self.rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-            artifacts.write_json(run_dir / artifacts.HISTORY_JSON, self.rows)
+            lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = float(lr)
+            logs["seconds"] = round(time.perf_counter() - self.start, 3)
+            rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+            _write_history(run_dir, rows)
 
-    return EpochRecorder()
+    class BestModel(keras.callbacks.Callback):
+        """Saves best.keras atomically whenever validation accuracy improves; after a
+        resume it starts from the best figure so far, so it never saves a worse model."""
+
+        best = max((r.get("val_accuracy", -1.0) for r in rows), default=-1.0)
+
+        def on_epoch_end(self, epoch, logs=None):
+            acc = (logs or {}).get("val_accuracy")
+            if acc is not None and acc > self.best:
+                self.best = acc
+                _save_model(self.model, run_dir / artifacts.BEST_MODEL)
+
+    guard = Guard()
+    backup = keras.callbacks.BackupAndRestore(
+        str(run_dir / BACKUP), double_checkpoint=True,
+        delete_checkpoint=False,  # removed by us, once the run's artifacts are complete
+    )
+    return guard, [guard, Recorder(), BestModel(), backup]
+
+
+def _kept(run_dir: Path) -> str:
+    best = run_dir / artifacts.BEST_MODEL
+    return f"The last good model is kept in {best}." if best.is_file() else \
+        "No epoch finished, so no model was kept."
+
+
+def _write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    artifacts.write_json(run_dir / artifacts.HISTORY_JSON, rows)
+    columns = list(HISTORY_COLUMNS) + sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
+    lines = [",".join(columns)]
+    lines += [",".join("" if r.get(c) is None else repr(r[c]) for c in columns) for r in rows]
+    artifacts.write_text(run_dir / artifacts.HISTORY_CSV, "\n".join(lines) + "\n")
+
+
+def _save_model(model, path: Path) -> None:
+    """Save a .keras file under a temporary name, then rename: never half a model."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")  # Keras insists on the .keras suffix
+    try:
+        model.save(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise MnistSeqError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _completed_epochs(run_dir: Path) -> int:
+    """Epochs the backup holds (0 when no epoch finished before the run stopped)."""
+    meta = run_dir / BACKUP / "training_metadata.json"
+    for path in (meta, meta.with_name(meta.name + ".bkp")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads(path.read_text(encoding="utf-8"))["epoch"])
+    return 0
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_stops(guard):
+    """The first Ctrl-C asks the guard to stop after the current batch; a second one
+    interrupts at once, as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        guard.interrupted = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def train_and_evaluate(
@@ -73,6 +199,7 @@ def train_and_evaluate(
     *,
     name: str = "run",
     runs_root: str | Path = "runs",
+    resume: bool = False,
     data_dir: str | Path | None = None,
     device: str = "auto",
     tensorboard: bool = False,
@@ -80,11 +207,12 @@ def train_and_evaluate(
     debug: bool = False,
     log: Callable[[str], None] = print,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train the configured model, score the test set once, and fill a new run folder.
+    """Train the configured model, score the test set once, and fill the run folder.
 
-    The run folder is `run_dir`, or `runs_root/<name>-<timestamp>`; it is created
+    A new run folder is `run_dir`, or `runs_root/<name>-<timestamp>`; it is created
     only once the data, the device and the model are ready, so a failure before
-    training leaves nothing behind. Returns the run folder and its metrics.
+    training leaves nothing behind. With `resume`, `run_dir` is an unfinished run,
+    continued from its last completed epoch. Returns the run folder and its metrics.
     """
     tcfg, dcfg = config["train"], config["data"]
     data = load_mnist(data_dir, dcfg["dir"])
@@ -97,51 +225,45 @@ def train_and_evaluate(
     n_test = dcfg["max_test_samples"] or len(data.x_test)
     x_test, y_test = data.x_test[:n_test], data.y_test[:n_test]
 
-    where = backend.setup(device, debug=debug)
+    where = backend.setup(device, debug=debug, deterministic=tcfg["deterministic"])
     import keras
 
     keras.utils.set_random_seed(tcfg["seed"])
     model = compile_model(config, len(x_train))
     if tensorboard:
         _require_tensorboard()
-    run_dir = artifacts.make_run_dir(name, run_dir, runs_root)
-    log(f"Training {model.name} ({model.count_params():,} parameters) on {where}: "
+    if resume:
+        run_dir = Path(run_dir)
+        done = _completed_epochs(run_dir)
+        # Epochs the history recorded after the last backup are trained again: drop them.
+        rows = [r for r in _old_rows(run_dir) if r["epoch"] < done]
+        log(f"Resuming {run_dir} after epoch {done} of {tcfg['epochs']}")
+    else:
+        run_dir = artifacts.make_run_dir(name, run_dir, runs_root)
+        artifacts.write_text(run_dir / artifacts.CONFIG, dump_config(config))
+        rows = []
+    log(f"Training {name} ({model.count_params():,} parameters) on {where}: "
         f"{len(x_train):,} train / {len(x_val):,} validation samples from {data.source}, "
         f"{tcfg['epochs']} epochs of batch {tcfg['batch_size']}")
     log(f"Run folder: {run_dir}")
 
-    artifacts.write_text(run_dir / artifacts.CONFIG, dump_config(config))
-    recorder = _epoch_recorder(run_dir)
-    callbacks = [
-        recorder,  # first, so the callbacks after it see learning_rate and seconds
-        keras.callbacks.CSVLogger(str(run_dir / artifacts.HISTORY_CSV)),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / artifacts.BEST_MODEL), monitor="val_accuracy", mode="max",
-            save_best_only=True,
-        ),
-    ]
+    guard, callbacks = _callbacks(run_dir, rows)
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    t0 = time.perf_counter()
-    model.fit(
-        to_float(x_train), y_train,
-        batch_size=tcfg["batch_size"],
-        epochs=tcfg["epochs"],
-        validation_data=(to_float(x_val), y_val),
-        callbacks=callbacks,
-        # A progress bar on a terminal; piped output gets one clean line per epoch.
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    train_seconds = time.perf_counter() - t0
-
-    tmp_model = run_dir / ".model.tmp.keras"  # Keras insists on the .keras suffix
-    model.save(tmp_model)
-    tmp_model.replace(run_dir / artifacts.MODEL)
-
+    with _first_ctrl_c_stops(guard):
+        model.fit(
+            to_float(x_train), y_train,
+            batch_size=tcfg["batch_size"],
+            epochs=tcfg["epochs"],
+            validation_data=(to_float(x_val), y_val),
+            callbacks=callbacks,
+            # A progress bar on a terminal; piped output gets one clean line per epoch.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    _save_model(model, run_dir / artifacts.MODEL)
     test = model.evaluate(to_float(x_test), y_test, batch_size=512, verbose=0, return_dict=True)
-    rows = recorder.rows
+    train_seconds = sum(r["seconds"] for r in rows)  # summed over every session of the run
     best = max(rows, key=lambda r: r.get("val_accuracy", 0.0))
     metrics = {
         "test_loss": float(test["loss"]),
@@ -158,20 +280,29 @@ def train_and_evaluate(
         "samples_per_second": round(len(x_train) * len(rows) / train_seconds, 1),
         "device": where,
         "seed": tcfg["seed"],
+        "deterministic": tcfg["deterministic"],
+        "resumed": resume,
         "data_source": data.source,
         "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": command,
         **backend.versions(),
     }
-    artifacts.write_json(run_dir / artifacts.METRICS, metrics)
-
     from mnist_seq.plotting import plot_curves
 
     plot_curves({run_dir.name: rows}, run_dir / artifacts.CURVES)
+    artifacts.write_json(run_dir / artifacts.METRICS, metrics)  # last: marks the run finished
+    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
     log(f"Test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
         f"({len(x_test):,} test samples); trained in {train_seconds:.1f} s")
     return run_dir, metrics
+
+
+def _old_rows(run_dir: Path) -> list[dict[str, float]]:
+    try:
+        return artifacts.read_history(run_dir)
+    except MnistSeqError:  # killed before the first epoch ended: no history yet
+        return []
 
 
 def _require_tensorboard() -> None:

@@ -1,0 +1,236 @@
+"""Never lose a run: resume after SIGKILL and Ctrl-C, divergence, the bad-input catalogue,
+determinism. Every error is one line, a non-zero exit, and leaves existing files as they were."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_synthetic, write_idx
+from test_cli import SMOKE, assert_one_line_error, run
+
+# Long enough epochs (about a second each) to land a signal in the middle of one.
+SLOW_EPOCHS = ["--model", "lstm", "--set", "model.units=[64]", "--max-train-samples", "6000",
+               "--batch-size", "16", "--epochs", "3", "--max-test-samples", "500",
+               "--device", "cpu"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def start_training(run_dir: Path, data_dir: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mnist_seq", "train", *SLOW_EPOCHS, "--data-dir", str(data_dir),
+         "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if len(json.loads((run_dir / "history.json").read_text())) >= n:
+                return
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def assert_complete_run(run_dir: Path, epochs: int) -> list[dict]:
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(epochs))  # no gap, no duplicate
+    with open(run_dir / "history.csv") as f:
+        assert [int(float(r["epoch"])) for r in csv.DictReader(f)] == list(range(epochs))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == epochs and metrics["resumed"] is True
+    for name in ("model.keras", "best.keras", "curves.png", "config.yaml"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert not (run_dir / "backup").exists()  # removed once the artifacts were complete
+    assert not list(run_dir.glob(".*tmp*"))
+    return history
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume(data_dir, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = start_training(run_dir, data_dir)
+    wait_for_epochs(run_dir, 1, proc)
+    time.sleep(0.3)  # into the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    before = json.loads((run_dir / "history.json").read_text())
+    best_before = (run_dir / "best.keras").read_bytes()
+
+    result = run("train", "--resume", str(run_dir), "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    assert "Resuming" in result.output
+    history = assert_complete_run(run_dir, 3)
+    assert history[: len(before)] == before  # the epochs done before the kill are kept as-is
+    # best.keras changed only if a later epoch beat the best validation accuracy so far.
+    best_so_far = max(r["val_accuracy"] for r in before)
+    improved = max(r["val_accuracy"] for r in history[len(before):]) > best_so_far
+    assert ((run_dir / "best.keras").read_bytes() != best_before) == improved
+
+    # The same figures as an uninterrupted run, within noise.
+    straight = tmp_path / "straight"
+    result = run("train", *SLOW_EPOCHS, "--data-dir", str(data_dir), "--run-dir", str(straight))
+    assert result.exit_code == 0, result.output
+    plain = json.loads((straight / "history.json").read_text())
+    assert abs(plain[-1]["val_accuracy"] - history[-1]["val_accuracy"]) < 0.05
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_says_how_to_resume(data_dir, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    proc = start_training(run_dir, data_dir)
+    wait_for_epochs(run_dir, 1, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert f"Resume with: mnist-seq train --resume {run_dir}" in out and "Traceback" not in out
+    assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
+
+    result = run("train", "--resume", str(run_dir), "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    assert_complete_run(run_dir, 3)
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_with_a_message(data_dir, tmp_path):
+    run_dir = tmp_path / "diverged"
+    result = run("train", "--model", "mlp", *SMOKE, "--learning-rate", "1e3", "--data-dir",
+                 str(data_dir), "--run-dir", str(run_dir))
+    assert result.exit_code == 1
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: training diverged: the loss became ")
+    assert "lower train.learning_rate" in error and "Traceback" not in result.output
+    assert not (run_dir / "model.keras").exists() and not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_exactly(data_dir, tmp_path):
+    histories = []
+    for name in ("one", "two"):
+        result = run("train", "--model", "cnn", *SMOKE, "--epochs", "2", "--seed", "5",
+                     "--deterministic", "--data-dir", str(data_dir), "--run-dir",
+                     str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+        rows = json.loads((tmp_path / name / "history.json").read_text())
+        histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+    assert histories[0] == histories[1]
+    metrics = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert metrics["seed"] == 5 and metrics["deterministic"] is True
+    for key in ("intra_op_threads", "inter_op_threads", "cpu_count", "tensorflow", "keras"):
+        assert key in metrics
+
+
+def _data_case(damage):
+    def make(tmp_path: Path) -> list[str]:
+        folder = make_synthetic(tmp_path / "data", n_train=60, n_test=20)
+        damage(folder)
+        return ["--model", "mlp", "--data-dir", str(folder)]
+    return make
+
+
+def _args(*args):
+    return lambda tmp_path: [a.format(tmp=tmp_path) for a in args]
+
+
+def _finished_run(tmp_path: Path) -> list[str]:
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "config.yaml").write_text("model: {type: mlp}\n")
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    return ["--resume", str(tmp_path / "done")]
+
+
+CATALOGUE = {
+    "malformed-yaml": (_args("--config", "{tmp}/bad.yaml"), "malformed YAML at line", 2),
+    "misspelt-key": (_args("--set", "model.dropuot=0.1"), "Did you mean 'dropout'", 2),
+    "wrong-type": (_args("--batch-size", "big"), "expected an integer, got str 'big'", 2),
+    "epochs-zero": (_args("--epochs", "0"), "train.epochs: got 0, expected an integer > 0", 2),
+    "epochs-negative": (_args("--epochs", "-3"), "train.epochs: got -3", 2),
+    "dropout-one": (_args("--set", "model.dropout=1"), "expected a number in [0, 1)", 2),
+    "batch-zero": (_args("--batch-size", "0"), "train.batch_size: got 0", 2),
+    "val-fraction": (_args("--set", "train.validation_fraction=1.5"), "in (0, 1)", 2),
+    "unknown-model": (_args("--model", "resnet"), "unknown model 'resnet'", 2),
+    "missing-data": (_args("--data-dir", "{tmp}/none"), "does not exist", 1),
+    "empty-file": (_data_case(lambda f: (f / "train-labels-idx1-ubyte.gz").write_bytes(b"")),
+                   "too short for an IDX header", 1),
+    "truncated-file": (_data_case(lambda f: (f / "t10k-images-idx3-ubyte.gz").write_bytes(
+        (f / "t10k-images-idx3-ubyte.gz").read_bytes()[:100])), "corrupt or truncated gzip", 1),
+    "corrupt-file": (_data_case(lambda f: (f / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        b"\x1f\x8b\x08\x00garbage")), "corrupt or truncated gzip", 1),
+    "wrong-magic": (_data_case(lambda f: write_idx(f / "train-labels-idx1-ubyte.gz",
+                                                   np.zeros((60, 28, 28)))),
+                    "wrong magic number 0x00000803, expected 0x00000801", 1),
+    "count-mismatch": (_data_case(lambda f: write_idx(f / "t10k-labels-idx1-ubyte.gz",
+                                                      np.zeros(19))),
+                       "20 test images but 19 test labels", 1),
+    "labels-out-of-range": (_data_case(lambda f: write_idx(f / "train-labels-idx1-ubyte.gz",
+                                                           np.full(60, 12))),
+                            "expected integers 0..9", 1),
+    "run-dir-exists": (_args("--run-dir", "{tmp}/existing"), "run folder already exists", 1),
+    "unwritable-output": (_args("--runs-root", "{tmp}/a-file/runs"), "cannot create run folder",
+                          1),
+    "resume-missing": (_args("--resume", "{tmp}/no-such-run"), "no run to resume", 1),
+    "resume-finished": (_finished_run, "has finished already", 1),
+    "resume-with-config": (_args("--resume", "{tmp}/existing", "--epochs", "3"),
+                           "--resume continues a run with its own config.yaml", 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CATALOGUE))
+def test_bad_input_catalogue(case, data_dir, tmp_path):
+    make_args, message, code = CATALOGUE[case]
+    (tmp_path / "bad.yaml").write_text("model:\n  type: mlp\n   units: 3\n")
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "existing" / "notes.txt").write_text("keep me")
+    (tmp_path / "a-file").write_text("I am a file, not a folder")
+    args = make_args(tmp_path)
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(data_dir)]
+    if "--runs-root" not in args:
+        args += ["--runs-root", str(tmp_path / "runs")]
+    smoke = [] if "--resume" in args else SMOKE  # --resume takes no config overrides
+    before = snapshot(tmp_path)
+    result = run("train", *smoke, *args)
+    assert_one_line_error(result, message, code=code)
+    assert snapshot(tmp_path) == before  # nothing existing changed, nothing new written
+
+
+def test_full_disk_is_a_clean_error(data_dir, tmp_path, monkeypatch):
+    """A disk that fills while the run folder is written: one line, no half files."""
+    real_replace = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("config.yaml"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    result = run("train", "--model", "mlp", *SMOKE, "--data-dir", str(data_dir),
+                 "--run-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, "cannot write", "No space left on device")
+    assert not list((tmp_path / "run").glob("*"))  # the temporary file was cleaned up
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run("--debug", "train", "--model", "mlp", "--epochs", "0")
+    assert result.exit_code != 0 and result.exception is not None
+    assert "train.epochs: got 0" in str(result.exception)
