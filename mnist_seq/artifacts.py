@@ -1,7 +1,7 @@
 """The run folder: its file names, creating it safely, and atomic writes.
 
 A run folder holds config.yaml, history.csv, history.json, model.keras,
-best.keras, metrics.json and curves.png. Files are written under a temporary
+best.keras, initial.weights.h5, metrics.json and curves.png. Files are written under a temporary
 name and renamed, so a reader never sees half a file.
 """
 
@@ -18,6 +18,7 @@ from mnist_seq.errors import MnistSeqError, RunDirError
 
 CONFIG, HISTORY_CSV, HISTORY_JSON = "config.yaml", "history.csv", "history.json"
 MODEL, BEST_MODEL, METRICS, CURVES = "model.keras", "best.keras", "metrics.json", "curves.png"
+INITIAL_WEIGHTS = "initial.weights.h5"
 
 
 def make_run_dir(name: str, run_dir: str | Path | None = None, root: str | Path = "runs") -> Path:

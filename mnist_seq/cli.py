@@ -185,6 +185,26 @@ def plot_history(runs, out, metrics, log_loss) -> None:
 
 
 @cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--index", type=click.IntRange(min=0), metavar="N",
+              help="Which test digit to show (default 0).")
+@click.option("--image", metavar="FILE", help="Your own digit instead (PNG/JPEG/BMP/.npy).")
+@click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
+@click.pass_context
+def inspect(ctx: click.Context, run_dirs, index, image, data_dir) -> None:
+    """Pictures of how the network sees a digit, into RUN_DIR/inspect/.
+
+    Extra LSTM runs given after the first add their curve to rows-read-accuracy.png."""
+    from mnist_seq.errors import ConfigError
+    from mnist_seq.explain import inspect_runs
+
+    if index is not None and image is not None:
+        raise ConfigError("give --index or --image, not both")
+    for path in inspect_runs(list(run_dirs), index, image, data_dir, debug=ctx.obj["debug"]):
+        click.echo(f"Wrote {path}")
+
+
+@cli.command()
 @click.argument("run_dir", metavar="RUN_DIR")
 @click.option("--data-dir", metavar="DIR", help="MNIST files, if the run must be evaluated.")
 @click.pass_context

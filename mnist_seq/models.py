@@ -36,27 +36,36 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_lstm(cfg: dict[str, Any]):
-    """Stacked LSTM over image rows: (28 timesteps, 28 features) -> 10 classes."""
+def build_lstm(cfg: dict[str, Any], probe: bool = False):
+    """Stacked LSTM over image rows: (28 timesteps, 28 features) -> 10 classes.
+
+    With `probe`, every LSTM returns its whole sequence and the model outputs each
+    layer's hidden states and the class probabilities after every row (same weights,
+    same layer names, so trained weights load into it).
+    """
     import keras
 
     inputs = keras.Input(IMAGE_SHAPE, name="rows")
     x = inputs
     units = cfg["units"]
+    states = []
     for i, n in enumerate(units):
         last = i == len(units) - 1
         x = keras.layers.LSTM(
             n,
-            return_sequences=not last,  # hand every step's hidden state to the next LSTM
+            return_sequences=probe or not last,  # hand every step's state to the next LSTM
             recurrent_dropout=cfg["recurrent_dropout"],
             kernel_regularizer=keras.regularizers.L2(cfg["l2_last"])
             if last and cfg["l2_last"]
             else None,
             name=f"lstm_{i + 1}",
         )(x)
+        states.append(x)
         if cfg["dropout"]:
             x = keras.layers.Dropout(cfg["dropout"], name=f"dropout_{i + 1}")(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    if probe:
+        return keras.Model(inputs, [*states, outputs], name="lstm_probe")
     return keras.Model(inputs, outputs, name="lstm")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ def save_figure(fig, out: Path) -> Path:
     """Save a figure as PNG atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a text-only panel can defeat tight_layout: harmless
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -153,11 +153,12 @@ def _write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
     artifacts.write_text(run_dir / artifacts.HISTORY_CSV, "\n".join(lines) + "\n")
 
 
-def _save_model(model, path: Path) -> None:
-    """Save a .keras file under a temporary name, then rename: never half a model."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")  # Keras insists on the .keras suffix
+def _save_model(model, path: Path, weights_only: bool = False) -> None:
+    """Save a .keras (or .weights.h5) file under a temporary name, then rename."""
+    suffix = ".weights.h5" if weights_only else ".keras"  # Keras insists on the suffix
+    tmp = path.with_name(f".{path.name.removesuffix(suffix)}.tmp{suffix}")
     try:
-        model.save(tmp)
+        model.save_weights(tmp) if weights_only else model.save(tmp)
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -241,6 +242,8 @@ def train_and_evaluate(
     else:
         run_dir = artifacts.make_run_dir(name, run_dir, runs_root)
         artifacts.write_text(run_dir / artifacts.CONFIG, dump_config(config))
+        # The untrained weights, so `inspect` can show what training changed.
+        _save_model(model, run_dir / artifacts.INITIAL_WEIGHTS, weights_only=True)
         rows = []
     log(f"Training {name} ({model.count_params():,} parameters) on {where}: "
         f"{len(x_train):,} train / {len(x_val):,} validation samples from {data.source}, "
