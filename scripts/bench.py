@@ -1,0 +1,299 @@
+"""Side-by-side speed benchmark: mnist-seq vs plain Keras vs plain PyTorch.
+
+For each seed config, the three contenders train the same model on the same real
+MNIST slice, one after the other and alternating over repeats, each in a fresh
+process. Reported per contender (medians over repeats): steady-state samples per
+second (epochs after the first), end-to-end samples per second (whole process:
+start-up, data loading, compilation, training), and peak memory (max RSS).
+Also: `mnist-seq --help` latency, data-loading time, evaluation throughput.
+
+    python scripts/bench.py --samples 20000 --epochs 3 --repeats 3 [--json out.json]
+
+PyTorch is optional (`pip install torch==2.13.0`, the bench-only extra); without
+it that column is left out. Needs MNIST_SEQ_DATA (or --data-dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Each worker prints one JSON line: {"epoch_seconds": [...], "samples": N}.
+KERAS_WORKER = r'''
+import json, os, sys, time
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np, keras
+from mnist_seq.data import load_mnist
+cfg = json.loads(sys.argv[1])
+ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
+n = cfg["samples"]
+x = ds.x_train[:n].astype("float32") / 255.0
+y = ds.y_train[:n]
+kind, m = cfg["kind"], cfg["model"]
+# The model as the seed examples write it: Sequential, Keras defaults.
+layers = [keras.Input((28, 28))]
+if kind == "lstm":
+    for i, u in enumerate(m["units"]):
+        last = i == len(m["units"]) - 1
+        reg = keras.regularizers.L2(m["l2_last"]) if last and m["l2_last"] else None
+        layers.append(keras.layers.LSTM(u, return_sequences=not last, kernel_regularizer=reg))
+        if m["dropout"]:
+            layers.append(keras.layers.Dropout(m["dropout"]))
+elif kind == "cnn":
+    layers.append(keras.layers.Reshape((28, 28, 1)))
+    for b in m["conv"]:
+        layers.append(keras.layers.Conv2D(b["filters"], b["kernel"], padding=b["padding"],
+                                          activation="relu"))
+        if b["pool"] > 1:
+            layers.append(keras.layers.MaxPooling2D(b["pool"]))
+    layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(u, activation="relu") for u in m["dense"]]
+else:
+    layers.append(keras.layers.Flatten())
+    layers += [keras.layers.Dense(u, activation="relu") for u in m["hidden"]]
+layers.append(keras.layers.Dense(10, activation="softmax"))
+model = keras.Sequential(layers)
+opt = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[cfg["optimizer"]]
+model.compile(optimizer=opt(learning_rate=cfg["lr"]), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"])
+times = []
+class T(keras.callbacks.Callback):
+    def on_epoch_begin(self, e, logs=None): self.t = time.perf_counter()
+    def on_epoch_end(self, e, logs=None): times.append(time.perf_counter() - self.t)
+model.fit(x, y, batch_size=cfg["batch"], epochs=cfg["epochs"],
+          validation_split=cfg["val"], callbacks=[T()], verbose=2)
+print(json.dumps({"epoch_seconds": times, "samples": int(round(n * (1 - cfg["val"])))}))
+'''
+
+TORCH_WORKER = r'''
+import json, os, sys, time
+import numpy as np, torch
+from torch import nn
+from mnist_seq.data import load_mnist
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)
+ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
+n = cfg["samples"]
+x = torch.tensor(ds.x_train[:n], dtype=torch.float32) / 255.0
+y = torch.tensor(ds.y_train[:n], dtype=torch.long)
+n_val = int(round(n * cfg["val"]))
+xt, yt, xv, yv = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
+kind, m = cfg["kind"], cfg["model"]
+
+class LSTMNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        sizes = [28] + m["units"]
+        self.lstms = nn.ModuleList(nn.LSTM(a, b, batch_first=True)
+                                   for a, b in zip(sizes, sizes[1:]))
+        self.drop = nn.Dropout(m["dropout"])
+        self.head = nn.Linear(sizes[-1], 10)
+    def forward(self, x):
+        for lstm in self.lstms:
+            x = self.drop(lstm(x)[0])
+        return self.head(x[:, -1])
+
+if kind == "lstm":
+    net = LSTMNet()
+elif kind == "cnn":
+    mods, c, size = [nn.Unflatten(1, (1, 28))], 1, 28
+    for b in m["conv"]:
+        pad = b["kernel"] // 2 if b["padding"] == "same" else 0
+        mods += [nn.Conv2d(c, b["filters"], b["kernel"], padding=pad), nn.ReLU()]
+        size = size if b["padding"] == "same" else size - b["kernel"] + 1
+        if b["pool"] > 1:
+            mods.append(nn.MaxPool2d(b["pool"]))
+            size //= b["pool"]
+        c = b["filters"]
+    mods.append(nn.Flatten())
+    width = c * size * size
+    for u in m["dense"]:
+        mods += [nn.Linear(width, u), nn.ReLU()]
+        width = u
+    net = nn.Sequential(*mods, nn.Linear(width, 10))
+else:
+    mods, width = [nn.Flatten()], 784
+    for u in m["hidden"]:
+        mods += [nn.Linear(width, u), nn.ReLU()]
+        width = u
+    net = nn.Sequential(*mods, nn.Linear(width, 10))
+opt = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}[cfg["optimizer"]](
+    net.parameters(), lr=cfg["lr"])
+loss_fn = nn.CrossEntropyLoss()
+times = []
+for epoch in range(cfg["epochs"]):
+    t = time.perf_counter()
+    net.train()
+    order = torch.randperm(len(xt))
+    for i in range(0, len(xt), cfg["batch"]):
+        idx = order[i:i + cfg["batch"]]
+        opt.zero_grad()
+        loss = loss_fn(net(xt[idx]), yt[idx])
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(xv).argmax(1) == yv).float().mean().item()
+    times.append(time.perf_counter() - t)
+    print(f"epoch {epoch + 1}: val_accuracy {acc:.4f}", file=sys.stderr)
+print(json.dumps({"epoch_seconds": times, "samples": len(xt)}))
+'''
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a command; return its wall seconds, its own peak RSS (MiB, via wait4), stdout."""
+    start = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark worker failed ({' '.join(cmd[:5])}...):\n{stderr[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, stdout
+
+
+def contender_cmd(who: str, name: str, cfg: dict, args, tmp: Path) -> list[str]:
+    if who == "mnist-seq":
+        return [sys.executable, "-m", "mnist_seq", "train", "--model", name, "--max-train-samples",
+                str(args.samples), "--epochs", str(args.epochs), "--max-test-samples", "1000",
+                "--device", "cpu", "--run-dir", str(tmp / f"{name}-{time.time_ns()}")]
+    worker = KERAS_WORKER if who == "keras" else TORCH_WORKER
+    return [sys.executable, "-c", worker, json.dumps(cfg)]
+
+
+def parse_result(who: str, out: str, run_dir: Path | None) -> tuple[list[float], int]:
+    if who == "mnist-seq":
+        rows = json.loads((run_dir / "history.json").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        return [r["seconds"] for r in rows], metrics["train_samples"]
+    data = json.loads(out.strip().splitlines()[-1])
+    return data["epoch_seconds"], data["samples"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="cnn,lstm,mlp")
+    parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_SEQ_DATA"))
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    if not args.data_dir:
+        raise SystemExit("point the benchmark at MNIST: --data-dir DIR or MNIST_SEQ_DATA=DIR")
+    env = {**os.environ, "MNIST_SEQ_DATA": str(Path(args.data_dir).resolve()),
+           "PYTHONUNBUFFERED": "1"}
+    try:
+        import torch  # noqa: F401
+
+        contenders = ["mnist-seq", "keras", "torch"]
+    except ImportError:
+        contenders = ["mnist-seq", "keras"]
+        print("(PyTorch not installed: pip install torch==2.13.0 to add that column)")
+
+    from mnist_seq.config import load_config
+
+    results: dict = {"args": vars(args), "configs": {}}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for name in args.configs.split(","):
+            c = load_config(name)
+            cfg = {"kind": c["model"]["type"], "model": c["model"], "samples": args.samples,
+                   "epochs": args.epochs, "batch": c["train"]["batch_size"],
+                   "lr": c["train"]["learning_rate"], "optimizer": c["train"]["optimizer"],
+                   "val": c["train"]["validation_fraction"]}
+            runs: dict[str, list[dict]] = {who: [] for who in contenders}
+            for rep in range(args.repeats):
+                # Alternate the order so drift in machine load hits everyone alike.
+                order = contenders if rep % 2 == 0 else contenders[::-1]
+                for who in order:
+                    cmd = contender_cmd(who, name, cfg, args, tmp)
+                    wall, rss, out = run_measured(cmd, env)
+                    run_dir = Path(cmd[-1]) if who == "mnist-seq" else None
+                    seconds, n = parse_result(who, out, run_dir)
+                    steady = n * (len(seconds) - 1) / sum(seconds[1:]) if len(seconds) > 1 \
+                        else float("nan")
+                    runs[who].append({"steady": steady, "end_to_end": n * len(seconds) / wall,
+                                      "wall": wall, "rss_mib": rss})
+                    print(f"  {name:<5} {who:<9} rep {rep + 1}: steady {steady:8.0f} samples/s,"
+                          f" end-to-end {n * len(seconds) / wall:8.0f} samples/s, "
+                          f"{wall:6.1f} s, {rss:6.0f} MiB", flush=True)
+            results["configs"][name] = {
+                who: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+                for who, rs in runs.items()
+            }
+        results["extras"] = extras(env, tmp)
+
+    print_table(results, contenders)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+
+
+def extras(env: dict[str, str], tmp: Path) -> dict[str, float]:
+    """--help latency, data loading, evaluation throughput (medians of 5 / 3)."""
+    helps = [run_measured([sys.executable, "-m", "mnist_seq", "--help"], env)[0]
+             for _ in range(5)]
+    load = [run_measured([sys.executable, "-c",
+                          "import os,time;t=time.perf_counter();"
+                          "from mnist_seq.data import load_mnist;"
+                          "load_mnist(os.environ['MNIST_SEQ_DATA']);"
+                          "print(time.perf_counter()-t)"], env)[2] for _ in range(3)]
+    run_dir = tmp / "eval-run"
+    run_measured([sys.executable, "-m", "mnist_seq", "train", "--model", "cnn",
+                  "--max-train-samples", "2000", "--epochs", "1", "--run-dir", str(run_dir)],
+                 env)
+    evals = []
+    for _ in range(3):
+        code = ("import os,time,json;from mnist_seq import backend;backend.setup('cpu');"
+                "from mnist_seq.evaluation import load_model, predict_proba;"
+                "from mnist_seq.data import load_mnist;"
+                "ds=load_mnist(os.environ['MNIST_SEQ_DATA']);"
+                f"m=load_model('{run_dir}/model.keras');predict_proba(m, ds.x_test[:512]);"
+                "t=time.perf_counter();predict_proba(m, ds.x_test);"
+                "print(len(ds.x_test)/(time.perf_counter()-t))")
+        evals.append(float(run_measured([sys.executable, "-c", code], env)[2]))
+    return {"help_seconds": statistics.median(helps),
+            "load_seconds": statistics.median(float(x) for x in load),
+            "cnn_eval_samples_per_second": statistics.median(evals)}
+
+
+def print_table(results: dict, contenders: list[str]) -> None:
+    print()
+    head = "| config | measure | " + " | ".join(contenders) + " | mnist-seq / keras |"
+    if "torch" in contenders:
+        head += " mnist-seq / torch |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name, by in results["configs"].items():
+        for key, label in (("steady", "steady samples/s"), ("end_to_end", "end-to-end samples/s"),
+                           ("rss_mib", "peak memory (MiB)")):
+            cells = [f"{by[w][key]:.0f}" for w in contenders]
+            row = f"| {name} | {label} | " + " | ".join(cells) + " |"
+            if key != "rss_mib":
+                row += f" {by['mnist-seq'][key] / by['keras'][key]:.2f}x |"
+                if "torch" in contenders:
+                    row += f" {by['mnist-seq'][key] / by['torch'][key]:.2f}x |"
+            else:
+                row += " |" + (" |" if "torch" in contenders else "")
+            print(row)
+    e = results["extras"]
+    print(f"\nmnist-seq --help: {e['help_seconds']:.2f} s; loading MNIST (IDX .gz): "
+          f"{e['load_seconds']:.2f} s; CNN evaluation: {e['cnn_eval_samples_per_second']:.0f} "
+          "samples/s")
+
+
+if __name__ == "__main__":
+    main()
