@@ -49,6 +49,28 @@ def setup(device: str = "auto", debug: bool = False, deterministic: bool = False
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is
+    emulated, and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(setting: str, model_type: str, on_gpu: bool) -> str:
+    """Resolve `train.precision: auto`. Measured on a 2-core AVX512-BF16 CPU: bfloat16
+    made LeNet about 1.6x faster and the MLP no faster; LSTMs stay float32 (bf16 hurts
+    their recurrence)."""
+    if setting != "auto":
+        return setting
+    if model_type == "cnn" and not on_gpu and cpu_has_bf16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
 @contextlib.contextmanager
 def _quiet_stderr(enabled: bool):
     """Silence the C++ log lines TensorFlow prints while it loads (they ignore

@@ -36,12 +36,13 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_lstm(cfg: dict[str, Any], probe: bool = False):
+def build_lstm(cfg: dict[str, Any], probe: bool = False, unroll: bool = False):
     """Stacked LSTM over image rows: (28 timesteps, 28 features) -> 10 classes.
 
     With `probe`, every LSTM returns its whole sequence and the model outputs each
     layer's hidden states and the class probabilities after every row (same weights,
-    same layer names, so trained weights load into it).
+    same layer names, so trained weights load into it). `unroll` writes the 28 steps
+    out as one graph: faster on a CPU, but it rules out the cuDNN kernel on a GPU.
     """
     import keras
 
@@ -55,6 +56,7 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False):
             n,
             return_sequences=probe or not last,  # hand every step's state to the next LSTM
             recurrent_dropout=cfg["recurrent_dropout"],
+            unroll=unroll,
             kernel_regularizer=keras.regularizers.L2(cfg["l2_last"])
             if last and cfg["l2_last"]
             else None,
@@ -63,7 +65,7 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False):
         states.append(x)
         if cfg["dropout"]:
             x = keras.layers.Dropout(cfg["dropout"], name=f"dropout_{i + 1}")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    outputs = _classifier(keras, x)
     if probe:
         return keras.Model(inputs, [*states, outputs], name="lstm_probe")
     return keras.Model(inputs, outputs, name="lstm")
@@ -87,7 +89,7 @@ def build_cnn(cfg: dict[str, Any]):
             x = keras.layers.MaxPooling2D(block["pool"], name=f"pool_{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = _dense_stack(keras, x, cfg["dense"], cfg)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    outputs = _classifier(keras, x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -98,8 +100,14 @@ def build_mlp(cfg: dict[str, Any]):
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = _dense_stack(keras, x, cfg["hidden"], cfg)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes")(x)
+    outputs = _classifier(keras, x)
     return keras.Model(inputs, outputs, name="mlp")
+
+
+def _classifier(keras, x):
+    # Probabilities stay float32 even when the layers before compute in bfloat16.
+    return keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classes",
+                              dtype="float32")(x)
 
 
 def _dense_stack(keras, x, sizes: list[int], cfg: dict[str, Any]):
@@ -113,6 +121,10 @@ def _dense_stack(keras, x, sizes: list[int], cfg: dict[str, Any]):
 BUILDERS = {"lstm": build_lstm, "cnn": build_cnn, "mlp": build_mlp}
 
 
-def build_model(model_cfg: dict[str, Any]):
-    """Build the (uncompiled) Keras model a validated `model` config section describes."""
+def build_model(model_cfg: dict[str, Any], unroll: bool = False):
+    """Build the (uncompiled) Keras model a validated `model` config section describes.
+
+    `unroll` applies to LSTMs only (see build_lstm)."""
+    if model_cfg["type"] == "lstm":
+        return build_lstm(model_cfg, unroll=unroll)
     return BUILDERS[model_cfg["type"]](model_cfg)
