@@ -21,7 +21,7 @@ from mnist_seq.models import MODEL_DEFAULTS
 TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "learning_rate": 1e-3,
-    "lr_schedule": "constant",  # or cosine: decay to 0 over the run
+    "lr_schedule": "constant",  # cosine: decay to 0; onecycle: warm up 30%, then decay to 0
     "batch_size": 128,
     "epochs": 10,
     "validation_fraction": 0.1,
@@ -45,7 +45,7 @@ NULLABLE_TYPES: dict[str, type] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam", "adamw", "rmsprop", "sgd"),
-    "train.lr_schedule": ("constant", "cosine"),
+    "train.lr_schedule": ("constant", "cosine", "onecycle"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "model.padding": ("same", "valid"),
     "model.conv.padding": ("same", "valid"),
@@ -71,6 +71,9 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.conv.filters": (lambda v: v > 0, "an integer > 0"),
     "model.conv.kernel": (lambda v: v > 0, "an integer > 0"),
     "model.conv.pool": (lambda v: v >= 1, "an integer >= 1 (1 = no pooling)"),
+    "model.augment.rotation": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
+    "model.augment.shift": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
+    "model.augment.zoom": (lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
 }
 
 

@@ -66,6 +66,14 @@ def explain_layer(layer) -> str:
     if kind == "Dropout":
         return (f"{shape}: same shape; while training, zeroes {layer.rate:.0%} of the values "
                 "at random (off when predicting).")
+    if kind.startswith("Random"):
+        return (f"{shape}: same shape; moves the digit a little at random while training, "
+                "so the model sees more varied digits (off when predicting).")
+    if kind == "BatchNormalization":
+        return (f"{shape}: same shape; rescales each of the {out[-1]} channels to a steady "
+                "mean and spread, which lets training use larger steps.")
+    if kind == "Activation":
+        return f"{shape}: same shape; applies {layer.activation.__name__} to every value."
     if kind == "Dense":
         what = ("10 probabilities, one per digit, summing to 1" if out[-1] == 10 and
                 layer.activation.__name__ == "softmax" else f"{out[-1]} units")

@@ -27,6 +27,10 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "dense": [128],
         "dropout": 0.0,  # Dropout after each hidden Dense layer
         "activation": "relu",
+        "batch_norm": False,  # BatchNormalization after each convolution
+        # Random changes to the training images (off when predicting): rotation as a
+        # fraction of a full turn, shift and zoom as fractions of the image size.
+        "augment": {"rotation": 0.0, "shift": 0.0, "zoom": 0.0},
     },
     "mlp": {
         "hidden": [512],
@@ -77,14 +81,20 @@ def build_cnn(cfg: dict[str, Any]):
 
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = keras.layers.Reshape((*IMAGE_SHAPE, 1), name="channels")(inputs)
+    x = _augmentation(keras, x, cfg["augment"])
+    bn = cfg["batch_norm"]
     for i, block in enumerate(cfg["conv"], start=1):
         x = keras.layers.Conv2D(
             block["filters"],
             block["kernel"],
             padding=block["padding"],
-            activation=cfg["activation"],
+            activation=None if bn else cfg["activation"],
+            use_bias=not bn,  # batch norm's own shift replaces the bias
             name=f"conv_{i}",
         )(x)
+        if bn:
+            x = keras.layers.BatchNormalization(name=f"norm_{i}")(x)
+            x = keras.layers.Activation(cfg["activation"], name=f"act_{i}")(x)
         if block["pool"] > 1:
             x = keras.layers.MaxPooling2D(block["pool"], name=f"pool_{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
@@ -102,6 +112,18 @@ def build_mlp(cfg: dict[str, Any]):
     x = _dense_stack(keras, x, cfg["hidden"], cfg)
     outputs = _classifier(keras, x)
     return keras.Model(inputs, outputs, name="mlp")
+
+
+def _augmentation(keras, x, aug: dict[str, float]):
+    if aug["rotation"]:
+        x = keras.layers.RandomRotation(aug["rotation"], fill_mode="constant",
+                                        name="random_rotation")(x)
+    if aug["shift"]:
+        x = keras.layers.RandomTranslation(aug["shift"], aug["shift"], fill_mode="constant",
+                                           name="random_shift")(x)
+    if aug["zoom"]:
+        x = keras.layers.RandomZoom(aug["zoom"], fill_mode="constant", name="random_zoom")(x)
+    return x
 
 
 def _classifier(keras, x):

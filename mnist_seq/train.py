@@ -49,9 +49,14 @@ def make_optimizer(train_cfg: dict[str, Any], steps_per_epoch: int):
     import keras
 
     lr = train_cfg["learning_rate"]
+    total = steps_per_epoch * train_cfg["epochs"]
     if train_cfg["lr_schedule"] == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total)
+    elif train_cfg["lr_schedule"] == "onecycle":
+        # Warm up linearly from lr/25 to lr over 30% of the steps, then cosine to 0.
+        warmup = int(0.3 * total)
         lr = keras.optimizers.schedules.CosineDecay(
-            lr, decay_steps=steps_per_epoch * train_cfg["epochs"])
+            lr / 25, decay_steps=total - warmup, warmup_target=lr, warmup_steps=warmup)
     cls = getattr(keras.optimizers, OPTIMIZERS[train_cfg["optimizer"]])
     return cls(learning_rate=lr)
 

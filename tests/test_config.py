@@ -117,3 +117,32 @@ def test_override_syntax_errors():
         parse_override("train.epochs")
     with pytest.raises(ConfigError, match="'epochs' is a value, not a section"):
         load_config("mlp", overrides=[("train.epochs.x", 1)])
+
+
+def test_fast_recipes_and_new_keys_validate():
+    best = load_config("cnn-best")
+    assert best["model"]["batch_norm"] is True
+    assert best["model"]["augment"] == {"rotation": 0.03, "shift": 0.1, "zoom": 0.1}
+    assert load_config("cnn-fast")["train"]["lr_schedule"] == "onecycle"
+    with pytest.raises(ConfigError, match=r"model.augment.rotation: got 0.9, expected a number "
+                                          r"in \[0, 0.5\]"):
+        validate({"model": {"type": "cnn", "augment": {"rotation": 0.9}}})
+    with pytest.raises(ConfigError, match=r"'model.augment.tilt'. Did you mean"):
+        validate({"model": {"type": "cnn", "augment": {"tilt": 0.1}}})
+    with pytest.raises(ConfigError, match=r"train.precision: got 'bf16'"):
+        validate({"train": {"precision": "bf16"}})
+    with pytest.raises(ConfigError, match=r"steps_per_execution: got 0"):
+        validate({"train": {"steps_per_execution": 0}})
+
+
+def test_auto_precision_keeps_lstms_and_gpus_in_float32(monkeypatch):
+    from mnist_seq import backend
+
+    monkeypatch.setattr(backend, "cpu_has_bf16", lambda: True)
+    assert backend.choose_precision("auto", "cnn", on_gpu=False) == "mixed_bfloat16"
+    assert backend.choose_precision("auto", "lstm", on_gpu=False) == "float32"
+    assert backend.choose_precision("auto", "mlp", on_gpu=False) == "float32"
+    assert backend.choose_precision("auto", "cnn", on_gpu=True) == "float32"
+    assert backend.choose_precision("mixed_float16", "lstm", on_gpu=True) == "mixed_float16"
+    monkeypatch.setattr(backend, "cpu_has_bf16", lambda: False)
+    assert backend.choose_precision("auto", "cnn", on_gpu=False) == "float32"

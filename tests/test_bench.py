@@ -1,0 +1,32 @@
+"""The benchmark script runs end to end on a tiny slice (its figures are not checked here:
+speed is measured by running the script, never by a timed test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_bench_runs_on_a_tiny_slice(data_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "MNIST_SEQ_DATA": str(data_dir)}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--configs", "mlp", "--samples",
+         "400", "--epochs", "2", "--repeats", "1", "--json", str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| mlp | steady samples/s |" in result.stdout
+    data = json.loads(out.read_text())
+    mlp = data["configs"]["mlp"]
+    assert {"mnist-seq", "keras"} <= set(mlp)
+    for who in mlp.values():
+        assert who["steady"] > 0 and who["end_to_end"] > 0 and who["rss_mib"] > 50
+    assert 0 < data["extras"]["help_seconds"] < 30
