@@ -127,8 +127,8 @@ def test_fast_recipes_and_new_keys_validate():
     with pytest.raises(ConfigError, match=r"model.augment.rotation: got 0.9, expected a number "
                                           r"in \[0, 0.5\]"):
         validate({"model": {"type": "cnn", "augment": {"rotation": 0.9}}})
-    with pytest.raises(ConfigError, match=r"'model.augment.tilt'. Did you mean"):
-        validate({"model": {"type": "cnn", "augment": {"tilt": 0.1}}})
+    with pytest.raises(ConfigError, match=r"'model.augment.rotate'. Did you mean 'rotation'"):
+        validate({"model": {"type": "cnn", "augment": {"rotate": 0.1}}})
     with pytest.raises(ConfigError, match=r"train.precision: got 'bf16'"):
         validate({"train": {"precision": "bf16"}})
     with pytest.raises(ConfigError, match=r"steps_per_execution: got 0"):
