@@ -55,7 +55,8 @@ def explain_layer(layer) -> str:
                      f"{k[0]} + 1 = {out[0]}")
         return (f"{shape}: {layer.filters} filters of {k[0]}x{k[1]} slide over the input; "
                 f"{size}; depth {out[-1]} = one feature map per filter. Params: {k[0]}x{k[1]}"
-                f"x{cin} weights x {layer.filters} filters + {layer.filters} biases.")
+                f"x{cin} weights x {layer.filters} filters"
+                + (f" + {layer.filters} biases." if layer.use_bias else " (no bias)."))
     if kind == "MaxPooling2D":
         p = layer.pool_size[0]
         return (f"{shape}: keeps the largest value of each {p}x{p} window, so height and "
