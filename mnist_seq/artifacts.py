@@ -19,6 +19,8 @@ from mnist_seq.errors import MnistSeqError, RunDirError
 CONFIG, HISTORY_CSV, HISTORY_JSON = "config.yaml", "history.csv", "history.json"
 MODEL, BEST_MODEL, METRICS, CURVES = "model.keras", "best.keras", "metrics.json", "curves.png"
 INITIAL_WEIGHTS = "initial.weights.h5"
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                   "seconds")
 
 
 def make_run_dir(name: str, run_dir: str | Path | None = None, root: str | Path = "runs") -> Path:
@@ -61,6 +63,15 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """Rewrite history.json and history.csv (atomically) from the per-epoch records."""
+    write_json(run_dir / HISTORY_JSON, rows)
+    columns = list(HISTORY_COLUMNS) + sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
+    lines = [",".join(columns)]
+    lines += [",".join("" if r.get(c) is None else repr(r[c]) for c in columns) for r in rows]
+    write_text(run_dir / HISTORY_CSV, "\n".join(lines) + "\n")
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, float]]:

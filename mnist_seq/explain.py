@@ -123,10 +123,14 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
     title = f"{run.name}, " + (f"test digit #{index} (label {label})" if label is not None
                                else f"image {tag}")
     if kind == "lstm":
-        written += lstm_reading(model, config, digit, out, tag, title)
-        lstm_runs = [(r, c) for r, c in zip(runs, configs, strict=True)
-                     if c["model"]["type"] == "lstm"]
-        written.append(rows_read_accuracy(lstm_runs, data.x_test, data.y_test,
+        probe = _probe(model, config)
+        written += lstm_reading(probe, digit, out, tag, title)
+        # The first run's probe is reused; the other LSTM runs are loaded for their curve.
+        probes = {run.name: probe} | {
+            r.name: _probe(load_model(r / artifacts.MODEL), c)
+            for r, c in zip(runs[1:], configs[1:], strict=True) if c["model"]["type"] == "lstm"
+        }
+        written.append(rows_read_accuracy(probes, data.x_test, data.y_test,
                                           out / "rows-read-accuracy.png"))
     elif kind == "cnn":
         written += cnn_pictures(model, config, run, digit, out, tag, title)
@@ -151,10 +155,9 @@ def _probe(model, config: dict[str, Any]):
     return probe
 
 
-def lstm_reading(model, config, digit: np.ndarray, out: Path, tag: str,
-                 title: str) -> list[Path]:
+def lstm_reading(probe, digit: np.ndarray, out: Path, tag: str, title: str) -> list[Path]:
     """Rows as timesteps, hidden states over time, probabilities after each row; + GIF."""
-    *states, probs = _probe(model, config)(to_float(digit[None]))
+    *states, probs = probe(to_float(digit[None]))
     states = [np.asarray(s)[0] for s in states]
     probs = np.asarray(probs)[0]  # (28, 10)
     final = int(probs[-1].argmax())
@@ -231,17 +234,16 @@ def _reading_gif(digit: np.ndarray, probs: np.ndarray, path: Path, title: str) -
     return path
 
 
-def rows_read_accuracy(runs: list[tuple[Path, dict[str, Any]]], x: np.ndarray, y: np.ndarray,
+def rows_read_accuracy(probes: dict[str, Any], x: np.ndarray, y: np.ndarray,
                        out: Path) -> Path:
-    """Test accuracy after reading 1..28 rows, one curve per LSTM run."""
+    """Test accuracy after reading 1..28 rows, one curve per LSTM run (probes by run name)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, config in runs:
-        probe = _probe(load_model(run / artifacts.MODEL), config)
+    for name, probe in probes.items():
         probs = np.asarray(probe.predict(to_float(x), batch_size=1000, verbose=0)[-1])
         acc = (probs.argmax(axis=2) == y[:, None]).mean(axis=0)  # (28,)
         ax.plot(range(1, 29), acc, marker="o", markersize=3,
-                label=f"{run.name} ({acc[-1]:.2%} after all 28)")
+                label=f"{name} ({acc[-1]:.2%} after all 28)")
     ax.set_xlabel("rows read (timesteps)")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"How much of the digit does the LSTM need? ({len(y):,} test digits)")

@@ -30,8 +30,6 @@ BACKUP = "backup"
 # Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss past this means the
 # true class gets probability e^-1000: the weights have blown up, NaN or not.
 DIVERGED_LOSS = 1e3
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
-                   "seconds")
 
 
 class TrainingInterrupted(MnistSeqError):
@@ -144,7 +142,7 @@ def _callbacks(run_dir: Path, rows: list[dict[str, float]]):
             logs["learning_rate"] = float(lr)
             logs["seconds"] = round(time.perf_counter() - self.start, 3)
             rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-            _write_history(run_dir, rows)
+            artifacts.write_history(run_dir, rows)
 
     class BestModel(keras.callbacks.Callback):
         """Saves best.keras atomically whenever validation accuracy improves; after a
@@ -170,14 +168,6 @@ def _kept(run_dir: Path) -> str:
     best = run_dir / artifacts.BEST_MODEL
     return f"The last good model is kept in {best}." if best.is_file() else \
         "No epoch finished, so no model was kept."
-
-
-def _write_history(run_dir: Path, rows: list[dict[str, float]]) -> None:
-    artifacts.write_json(run_dir / artifacts.HISTORY_JSON, rows)
-    columns = list(HISTORY_COLUMNS) + sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
-    lines = [",".join(columns)]
-    lines += [",".join("" if r.get(c) is None else repr(r[c]) for c in columns) for r in rows]
-    artifacts.write_text(run_dir / artifacts.HISTORY_CSV, "\n".join(lines) + "\n")
 
 
 def _save_model(model, path: Path, weights_only: bool = False) -> None:
