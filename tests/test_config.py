@@ -146,3 +146,18 @@ def test_auto_precision_keeps_lstms_and_gpus_in_float32(monkeypatch):
     assert backend.choose_precision("mixed_float16", "lstm", on_gpu=True) == "mixed_float16"
     monkeypatch.setattr(backend, "cpu_has_bf16", lambda: False)
     assert backend.choose_precision("auto", "cnn", on_gpu=False) == "float32"
+
+
+@pytest.mark.parametrize(("on_gpu", "recurrent_dropout", "unroll", "kernel"), [
+    (False, 0.0, True, "input projection done once"),
+    (False, 0.1, True, "Keras's cell unrolled"),
+    (True, 0.0, False, "LSTM kernel: cuDNN"),
+    (True, 0.1, False, "generic, because recurrent_dropout > 0"),
+])
+def test_training_says_which_lstm_kernel_runs(on_gpu, recurrent_dropout, unroll, kernel):
+    from mnist_seq.train import speed_settings
+
+    config = validate({"model": {"type": "lstm", "recurrent_dropout": recurrent_dropout}})
+    speed = speed_settings(config, on_gpu=on_gpu)
+    assert speed["unroll"] is unroll
+    assert kernel in speed["line"] and speed["precision"] == "float32"

@@ -40,3 +40,40 @@ def test_lstm_reads_rows_as_timesteps():
     assert [tuple(layer.output.shape) for layer in lstms] == [(None, 28, 128), (None, 28, 128),
                                                                (None, 128)]
     assert lstms[-1].kernel_regularizer is not None and lstms[0].kernel_regularizer is None
+
+
+@pytest.mark.parametrize("return_last", [True, False])
+def test_unrolled_lstm_computes_what_keras_lstm_computes(tmp_path, return_last):
+    """The CPU training path (unrolled, input projection hoisted) gives Keras's LSTM
+    outputs and gradients for the same weights, and saves as plain Keras LSTMs."""
+    from mnist_seq import backend
+
+    backend.setup("cpu")
+    import keras
+    import tensorflow as tf
+
+    from mnist_seq.models import build_lstm
+
+    cfg = {**load_config("lstm")["model"], "units": [16, 8], "dropout": 0.0}
+    reference = build_lstm(cfg, probe=not return_last)
+    fast = build_lstm(cfg, probe=not return_last, unroll=True)
+    fast.set_weights(reference.get_weights())
+    x = np.random.default_rng(1).random((4, 28, 28), dtype=np.float32)
+
+    def outputs_and_grads(model):
+        with tf.GradientTape() as tape:
+            outs = model(x, training=True)
+            outs = outs if isinstance(outs, list) else [outs]
+            loss = sum(tf.reduce_sum(o * o) for o in outs)
+        return [np.asarray(o) for o in outs], tape.gradient(loss, model.trainable_weights)
+
+    (ref_out, ref_grads), (fast_out, fast_grads) = outputs_and_grads(reference), \
+        outputs_and_grads(fast)
+    for a, b in zip(ref_out, fast_out, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    for a, b in zip(ref_grads, fast_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
+    fast.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert {type(layer) for layer in loaded.layers if "lstm" in layer.name} == \
+        {keras.layers.LSTM}
