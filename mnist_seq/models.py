@@ -9,7 +9,6 @@ Keras is imported inside the builders: the CLI's --help must not load it.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 NUM_CLASSES = 10
@@ -47,8 +46,7 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False, unroll: bool = False):
     With `probe`, every LSTM returns its whole sequence and the model outputs each
     layer's hidden states and the class probabilities after every row (same weights,
     same layer names, so trained weights load into it). `unroll` writes the 28 steps
-    out as one graph with the input projection hoisted out of it (see
-    `_hoisted_lstm_loop`): faster on a CPU, but it rules out the cuDNN kernel on a GPU.
+    out as one graph: faster on a CPU, but it rules out the cuDNN kernel on a GPU.
     """
     import keras
 
@@ -58,7 +56,7 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False, unroll: bool = False):
     states = []
     for i, n in enumerate(units):
         last = i == len(units) - 1
-        layer = keras.layers.LSTM(
+        x = keras.layers.LSTM(
             n,
             return_sequences=probe or not last,  # hand every step's state to the next LSTM
             recurrent_dropout=cfg["recurrent_dropout"],
@@ -67,11 +65,7 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False, unroll: bool = False):
             if last and cfg["l2_last"]
             else None,
             name=f"lstm_{i + 1}",
-        )
-        if unroll and not cfg["recurrent_dropout"]:
-            # Only this instance's loop changes: a saved model holds plain Keras LSTMs.
-            layer.inner_loop = functools.partial(_hoisted_lstm_loop, layer)
-        x = layer(x)
+        )(x)
         states.append(x)
         if cfg["dropout"]:
             x = keras.layers.Dropout(cfg["dropout"], name=f"dropout_{i + 1}")(x)
@@ -79,37 +73,6 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False, unroll: bool = False):
     if probe:
         return keras.Model(inputs, [*states, outputs], name="lstm_probe")
     return keras.Model(inputs, outputs, name="lstm")
-
-
-def _hoisted_lstm_loop(layer, sequences, initial_state, mask=None, training=False):
-    """The unrolled LSTM recurrence with the input projection done once, outside it.
-
-    Keras's cell multiplies each row by the input kernel inside the loop: 28 small
-    matrix products forward and 28 more backward. Here all rows go through one large
-    product before the loop (and one for its gradient), which a CPU runs far more
-    efficiently; inside the loop only `h @ recurrent_kernel` is left. Same weights,
-    same maths as `keras.layers.LSTM` (tests compare the two).
-    """
-    from keras import ops
-
-    cell = layer.cell
-    if mask is not None or layer.go_backwards:
-        return type(layer).inner_loop(layer, sequences, initial_state, mask, training)
-    projected = ops.matmul(sequences, cell.kernel)  # (batch, rows, 4 * units)
-    if cell.use_bias:
-        projected = projected + cell.bias
-    h, c = initial_state
-    outputs = []
-    for z_x in ops.unstack(projected, axis=1):  # unstack's gradient is one stack
-        z = z_x + ops.matmul(h, cell.recurrent_kernel)
-        z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
-        i = cell.recurrent_activation(z_i)
-        f = cell.recurrent_activation(z_f)
-        c = f * c + i * cell.activation(z_c)
-        h = cell.recurrent_activation(z_o) * cell.activation(c)
-        outputs.append(h)
-    sequence = ops.stack(outputs, axis=1) if layer.return_sequences else h[:, None]
-    return h, sequence, [h, c]
 
 
 def build_cnn(cfg: dict[str, Any]):

@@ -149,8 +149,8 @@ def test_auto_precision_keeps_lstms_and_gpus_in_float32(monkeypatch):
 
 
 @pytest.mark.parametrize(("on_gpu", "recurrent_dropout", "unroll", "kernel"), [
-    (False, 0.0, True, "input projection done once"),
-    (False, 0.1, True, "Keras's cell unrolled"),
+    (False, 0.0, True, "generic, unrolled"),
+    (False, 0.1, True, "generic, unrolled"),
     (True, 0.0, False, "LSTM kernel: cuDNN"),
     (True, 0.1, False, "generic, because recurrent_dropout > 0"),
 ])
