@@ -71,6 +71,17 @@ def choose_precision(setting: str, model_type: str, on_gpu: bool) -> str:
     return "float32"
 
 
+def choose_xla(setting: str, on_gpu: bool) -> bool | str:
+    """Resolve `train.xla` into Keras's `jit_compile`. "auto" leaves XLA off on a CPU:
+    on this project's 2-core CPU it made LeNet and the LSTM about 2x slower (XLA's CPU
+    convolutions and loops lose to oneDNN), and the MLP 1.25x faster per epoch but
+    1.2 s slower to start, a loss over its 5 epochs. On a GPU "auto" leaves it to
+    Keras: XLA on, except where a layer cannot be compiled (the cuDNN LSTM)."""
+    if setting != "auto":
+        return setting == "enabled"
+    return "auto" if on_gpu else False
+
+
 @contextlib.contextmanager
 def _quiet_stderr(enabled: bool):
     """Silence the C++ log lines TensorFlow prints while it loads (they ignore

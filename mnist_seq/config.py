@@ -27,8 +27,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "validation_fraction": 0.1,
     "seed": 0,
     "deterministic": False,  # TensorFlow op determinism: identical reruns, a little slower
-    "steps_per_execution": 16,  # batches per compiled call: less Python overhead per step
+    "steps_per_execution": 64,  # batches per compiled call: less Python overhead per step
     "precision": "auto",  # auto: bfloat16 compute for CNNs on CPUs with bf16 units
+    "xla": "auto",  # auto: off on CPUs, Keras's choice on GPUs (see backend.choose_xla)
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "dir": None,  # folder with the IDX files or mnist.npz; None = env var or Keras cache
@@ -47,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adam", "adamw", "rmsprop", "sgd"),
     "train.lr_schedule": ("constant", "cosine", "onecycle"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+    "train.xla": ("auto", "enabled", "disabled"),
     "model.padding": ("same", "valid"),
     "model.conv.padding": ("same", "valid"),
     "model.activation": ("relu", "tanh", "sigmoid", "elu", "gelu", "selu", "swish"),

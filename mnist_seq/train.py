@@ -59,7 +59,8 @@ def make_optimizer(train_cfg: dict[str, Any], steps_per_epoch: int):
     return cls(learning_rate=lr)
 
 
-def compile_model(config: dict[str, Any], train_samples: int, unroll: bool = False):
+def compile_model(config: dict[str, Any], train_samples: int, unroll: bool = False,
+                  jit_compile: bool | str = "auto"):
     """Build and compile the model a config describes."""
     model = build_model(config["model"], unroll=unroll)
     steps = math.ceil(train_samples / config["train"]["batch_size"])
@@ -68,6 +69,7 @@ def compile_model(config: dict[str, Any], train_samples: int, unroll: bool = Fal
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=config["train"]["steps_per_execution"],
+        jit_compile=jit_compile,
     )
     return model
 
@@ -79,21 +81,28 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     mcfg, tcfg = config["model"], config["train"]
     precision = backend.choose_precision(tcfg["precision"], mcfg["type"], on_gpu)
     keras.mixed_precision.set_global_policy(precision)
-    # On a CPU, unrolling the 28 steps beats Keras's while-loop (a single 128-unit
-    # LSTM: about 1.2x, A/B on 12,000 samples); on a GPU the cuDNN kernel is faster
-    # still, and unrolling would rule it out. Hoisting the input projection out of
-    # the unrolled steps was tried and was slower here.
-    unroll = mcfg["type"] == "lstm" and not on_gpu
-    notes = [f"precision {precision}", f"{tcfg['steps_per_execution']} steps per execution"]
+    # On a CPU, unrolling the 28 steps makes a single LSTM about 1.2x faster than
+    # Keras's while-loop (A/B on 12,000 samples); for the 3-layer LSTM it was no
+    # faster and took 2-3 s longer to compile, so stacks keep the loop. On a GPU the
+    # cuDNN kernel is faster still, and unrolling would rule it out. (Hoisting the
+    # input projection out of the unrolled steps was tried and was slower here.)
+    unroll = mcfg["type"] == "lstm" and not on_gpu and len(mcfg["units"]) == 1
+    xla = backend.choose_xla(tcfg["xla"], on_gpu)
+    notes = [f"precision {precision}", f"{tcfg['steps_per_execution']} steps per execution",
+             {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]]
     if mcfg["type"] == "lstm":
         if unroll:
             notes.append("LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs "
                          "a GPU)")
+        elif not on_gpu:
+            notes.append("LSTM kernel: generic, a loop over the 28 rows (CPU; cuDNN needs "
+                         "a GPU; unrolling pays for a single LSTM only)")
         elif mcfg["recurrent_dropout"]:
             notes.append("LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN")
         else:
             notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
-    return {"precision": precision, "unroll": unroll, "line": ", ".join(notes)}
+    return {"precision": precision, "unroll": unroll, "jit_compile": xla,
+            "line": ", ".join(notes)}
 
 
 def resume_config(run_dir: str | Path) -> dict[str, Any]:
@@ -251,7 +260,8 @@ def train_and_evaluate(
 
     keras.utils.set_random_seed(tcfg["seed"])
     speed = speed_settings(config, on_gpu=where.startswith("GPU"))
-    model = compile_model(config, len(x_train), unroll=speed["unroll"])
+    model = compile_model(config, len(x_train), unroll=speed["unroll"],
+                          jit_compile=speed["jit_compile"])
     if tensorboard:
         _require_tensorboard()
     if resume:
@@ -308,6 +318,7 @@ def train_and_evaluate(
         "deterministic": tcfg["deterministic"],
         "precision": speed["precision"],
         "lstm_unrolled": speed["unroll"],
+        "xla": speed["jit_compile"],
         "resumed": resume,
         "data_source": data.source,
         "started": started,

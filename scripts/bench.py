@@ -266,7 +266,14 @@ def extras(env: dict[str, str], tmp: Path) -> dict[str, float]:
                 "t=time.perf_counter();predict_proba(m, ds.x_test);"
                 "print(len(ds.x_test)/(time.perf_counter()-t))")
         evals.append(float(run_measured([sys.executable, "-c", code], env)[2]))
+    # What the CPU's matrix units can do at best: a large float32 product, for scale.
+    code = ("import time;from mnist_seq import backend;backend.setup('cpu');"
+            "import tensorflow as tf;a=tf.random.normal((2048,2048));"
+            "f=tf.function(lambda a:tf.matmul(a,a));f(a).numpy();t=time.perf_counter();"
+            "[f(a) for _ in range(20)][-1].numpy();print(20*2*2048**3/(time.perf_counter()-t)/1e9)")
+    peak = float(run_measured([sys.executable, "-c", code], env)[2])
     return {"help_seconds": statistics.median(helps),
+            "matmul_gflops": peak,
             "load_seconds": statistics.median(float(x) for x in load),
             "cnn_eval_samples_per_second": statistics.median(evals)}
 
@@ -293,7 +300,7 @@ def print_table(results: dict, contenders: list[str]) -> None:
     e = results["extras"]
     print(f"\nmnist-seq --help: {e['help_seconds']:.2f} s; loading MNIST (IDX .gz): "
           f"{e['load_seconds']:.2f} s; CNN evaluation: {e['cnn_eval_samples_per_second']:.0f} "
-          "samples/s")
+          f"samples/s; float32 2048x2048 matmul: {e['matmul_gflops']:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -148,16 +148,30 @@ def test_auto_precision_keeps_lstms_and_gpus_in_float32(monkeypatch):
     assert backend.choose_precision("auto", "cnn", on_gpu=False) == "float32"
 
 
-@pytest.mark.parametrize(("on_gpu", "recurrent_dropout", "unroll", "kernel"), [
-    (False, 0.0, True, "generic, unrolled"),
-    (False, 0.1, True, "generic, unrolled"),
-    (True, 0.0, False, "LSTM kernel: cuDNN"),
-    (True, 0.1, False, "generic, because recurrent_dropout > 0"),
+@pytest.mark.parametrize(("on_gpu", "units", "recurrent_dropout", "unroll", "kernel"), [
+    (False, [128], 0.0, True, "generic, unrolled"),
+    (False, [128], 0.1, True, "generic, unrolled"),
+    (False, [128, 128], 0.0, False, "generic, a loop"),
+    (True, [128], 0.0, False, "LSTM kernel: cuDNN"),
+    (True, [128], 0.1, False, "generic, because recurrent_dropout > 0"),
 ])
-def test_training_says_which_lstm_kernel_runs(on_gpu, recurrent_dropout, unroll, kernel):
+def test_training_says_which_lstm_kernel_runs(on_gpu, units, recurrent_dropout, unroll,
+                                              kernel):
     from mnist_seq.train import speed_settings
 
-    config = validate({"model": {"type": "lstm", "recurrent_dropout": recurrent_dropout}})
+    config = validate({"model": {"type": "lstm", "units": units,
+                                 "recurrent_dropout": recurrent_dropout}})
     speed = speed_settings(config, on_gpu=on_gpu)
     assert speed["unroll"] is unroll
     assert kernel in speed["line"] and speed["precision"] == "float32"
+
+
+def test_xla_is_off_on_cpus_unless_asked_for():
+    from mnist_seq import backend
+
+    assert backend.choose_xla("auto", on_gpu=False) is False
+    assert backend.choose_xla("auto", on_gpu=True) == "auto"
+    assert backend.choose_xla("disabled", on_gpu=True) is False
+    assert backend.choose_xla("enabled", on_gpu=False) is True
+    with pytest.raises(ConfigError, match=r"train.xla: got 'yes'"):
+        validate({"train": {"xla": "yes"}})
