@@ -1,0 +1,78 @@
+"""A/B speed of training settings, alternating in fresh processes (medians per epoch).
+
+    python scripts/ab.py mlp --samples 30000 --epochs 9 --repeats 3 spe=16 spe=64 spe=64,xla=1
+
+A variant is comma-separated key=value: spe (steps per execution), prec (Keras
+dtype policy), xla (0/1), unroll (0/1, LSTMs), batch. Each process trains the
+bundled config's model on a real MNIST slice (10% of it held out for validation)
+and prints steady samples/s: training samples over the median epoch after the
+first. Needs MNIST_SEQ_DATA. The README's A/B figures come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+WORKER = r"""
+import json, os, sys, time
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+name, variant, n, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+import keras
+from mnist_seq.config import load_config
+from mnist_seq.data import load_mnist
+from mnist_seq.models import build_model
+from mnist_seq.train import make_optimizer
+cfg = load_config(name)
+v = dict(kv.split("=") for kv in variant.split(",") if kv)
+ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
+x, y = ds.x_train[:n].astype("float32") / 255, ds.y_train[:n]
+n_val = n // 10
+keras.mixed_precision.set_global_policy(v.get("prec", "float32"))
+model = build_model(cfg["model"], unroll=v.get("unroll", "0") == "1")
+model.compile(optimizer=make_optimizer(cfg["train"], 100), loss="sparse_categorical_crossentropy",
+              metrics=["accuracy"], steps_per_execution=int(v.get("spe", 1)),
+              jit_compile=v.get("xla", "0") == "1")
+times = []
+class Timer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
+    def on_epoch_end(self, epoch, logs=None): times.append(time.perf_counter() - self.t)
+model.fit(x[n_val:], y[n_val:], batch_size=int(v.get("batch", cfg["train"]["batch_size"])),
+          epochs=epochs, validation_data=(x[:n_val], y[:n_val]), verbose=0, callbacks=[Timer()])
+print(json.dumps({"epoch_seconds": times, "train_samples": n - n_val}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--samples", type=int, default=12000)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if "MNIST_SEQ_DATA" not in os.environ:
+        raise SystemExit("set MNIST_SEQ_DATA to the folder with the MNIST files")
+    results: dict[str, list[float]] = {v: [] for v in args.variants}
+    for rep in range(args.repeats):
+        for variant in args.variants:
+            out = subprocess.run(
+                [sys.executable, "-c", WORKER, args.config, variant, str(args.samples),
+                 str(args.epochs)], capture_output=True, text=True, check=True).stdout
+            run = json.loads(out.strip().splitlines()[-1])
+            steady = run["train_samples"] / statistics.median(run["epoch_seconds"][1:])
+            results[variant].append(steady)
+            print(f"rep {rep + 1} {variant:<32} {steady:8.0f} samples/s", flush=True)
+    print()
+    for variant, figures in results.items():
+        print(f"{variant:<32} median {statistics.median(figures):8.0f} samples/s "
+              f"(range {min(figures):.0f}-{max(figures):.0f})")
+
+
+if __name__ == "__main__":
+    main()
