@@ -73,10 +73,12 @@ def choose_precision(setting: str, model_type: str, on_gpu: bool) -> str:
 
 def choose_xla(setting: str, on_gpu: bool) -> bool | str:
     """Resolve `train.xla` into Keras's `jit_compile`. "auto" leaves XLA off on a CPU:
-    on this project's 2-core CPU it made LeNet and the LSTM about 2x slower (XLA's CPU
-    convolutions and loops lose to oneDNN), and the MLP 1.25x faster per epoch but
-    1.2 s slower to start, a loss over its 5 epochs. On a GPU "auto" leaves it to
-    Keras: XLA on, except where a layer cannot be compiled (the cuDNN LSTM)."""
+    on this project's 2-core CPU it made LeNet several times slower (XLA's CPU
+    convolutions lose to oneDNN), the looped LSTM slower than the unrolled one without
+    XLA, and the MLP 1.2-1.5x faster per epoch but about 1 s slower to start, about
+    even over its 5 epochs, with a lower seed-0 accuracy (README, Performance). On a
+    GPU "auto" leaves it to Keras: XLA on, except where a layer cannot be compiled
+    (the cuDNN LSTM)."""
     if setting != "auto":
         return setting == "enabled"
     return "auto" if on_gpu else False

@@ -5,8 +5,9 @@
 A variant is comma-separated key=value: spe (steps per execution), prec (Keras
 dtype policy), xla (0/1), unroll (0/1, LSTMs), batch. Each process trains the
 bundled config's model on a real MNIST slice (10% of it held out for validation)
-and prints steady samples/s: training samples over the median epoch after the
-first. Needs MNIST_SEQ_DATA. The README's A/B figures come from this script.
+and prints steady samples/s (training samples over the median epoch after the
+first) and the first epoch's seconds (which include compiling). Needs
+MNIST_SEQ_DATA. The README's A/B figures come from this script.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> None:
     if "MNIST_SEQ_DATA" not in os.environ:
         raise SystemExit("set MNIST_SEQ_DATA to the folder with the MNIST files")
     results: dict[str, list[float]] = {v: [] for v in args.variants}
+    first: dict[str, list[float]] = {v: [] for v in args.variants}
     for rep in range(args.repeats):
         for variant in args.variants:
             out = subprocess.run(
@@ -67,11 +69,14 @@ def main() -> None:
             run = json.loads(out.strip().splitlines()[-1])
             steady = run["train_samples"] / statistics.median(run["epoch_seconds"][1:])
             results[variant].append(steady)
-            print(f"rep {rep + 1} {variant:<32} {steady:8.0f} samples/s", flush=True)
+            first[variant].append(run["epoch_seconds"][0])
+            print(f"rep {rep + 1} {variant:<32} {steady:8.0f} samples/s, first epoch "
+                  f"{first[variant][-1]:.1f} s", flush=True)
     print()
     for variant, figures in results.items():
         print(f"{variant:<32} median {statistics.median(figures):8.0f} samples/s "
-              f"(range {min(figures):.0f}-{max(figures):.0f})")
+              f"(range {min(figures):.0f}-{max(figures):.0f}), first epoch "
+              f"{statistics.median(first[variant]):.1f} s")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def test_auto_precision_keeps_lstms_and_gpus_in_float32(monkeypatch):
 @pytest.mark.parametrize(("on_gpu", "units", "recurrent_dropout", "unroll", "kernel"), [
     (False, [128], 0.0, True, "generic, unrolled"),
     (False, [128], 0.1, True, "generic, unrolled"),
-    (False, [128, 128], 0.0, False, "generic, a loop"),
+    (False, [128, 128], 0.0, True, "generic, unrolled"),
     (True, [128], 0.0, False, "LSTM kernel: cuDNN"),
     (True, [128], 0.1, False, "generic, because recurrent_dropout > 0"),
 ])
