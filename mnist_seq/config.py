@@ -249,8 +249,9 @@ def _coerce(value: Any, expected: type, path: str) -> Any:
     elif isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool):
         return value
     name = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
-    raise ConfigError(f"{path}: expected {name.get(expected, expected.__name__)}, "
-                      f"got {_describe(value)}")
+    what = (f"one of: {', '.join(CHOICES[path])}" if path in CHOICES
+            else name.get(expected, expected.__name__))
+    raise ConfigError(f"{path}: expected {what}, got {_describe(value)}")
 
 
 def _describe(value: Any) -> str:

@@ -175,3 +175,7 @@ def test_xla_is_off_on_cpus_unless_asked_for():
     assert backend.choose_xla("enabled", on_gpu=False) is True
     with pytest.raises(ConfigError, match=r"train.xla: got 'yes'"):
         validate({"train": {"xla": "yes"}})
+    # YAML reads an unquoted yes/on as true: the message still lists the choices.
+    with pytest.raises(ConfigError, match=r"train.xla: expected one of: auto, enabled, "
+                                          r"disabled, got bool True"):
+        validate({"train": {"xla": True}})
