@@ -27,6 +27,12 @@ def setup(device: str = "auto", debug: bool = False, deterministic: bool = False
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # must be set before TensorFlow starts
+    # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512
+    # VNNI/BF16 or AMX; on AVX2 CPUs (Zen 3, most laptops) they stay off, although they
+    # made LeNet up to 1.9x faster there. On this project's AVX-512 CPU, turning them off
+    # made the unrolled 3-layer LSTM 1.7x slower (README, Performance). A user's own
+    # setting wins; TensorFlow reads it once, when it loads.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     with _quiet_stderr(enabled=not debug):
         import keras  # noqa: F401
         import tensorflow as tf
@@ -47,6 +53,15 @@ def setup(device: str = "auto", debug: bool = False, deterministic: bool = False
                  for g in gpus]
         return f"GPU ({', '.join(names)})"
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels (None if this TensorFlow cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # no public API for this
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def cpu_has_bf16() -> bool:
@@ -118,4 +133,5 @@ def versions() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "onednn": onednn_enabled(),
     }

@@ -89,6 +89,10 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     xla = backend.choose_xla(tcfg["xla"], on_gpu)
     notes = [f"precision {precision}", f"{tcfg['steps_per_execution']} steps per execution",
              {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]]
+    if not on_gpu:
+        onednn = backend.onednn_enabled()
+        if onednn is not None:
+            notes.append(f"oneDNN {'on' if onednn else 'off (TF_ENABLE_ONEDNN_OPTS=0)'}")
     if mcfg["type"] == "lstm":
         if unroll:
             notes.append("LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs "

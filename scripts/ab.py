@@ -3,8 +3,9 @@
     python scripts/ab.py mlp --samples 30000 --epochs 9 --repeats 3 spe=16 spe=64 spe=64,xla=1
 
 A variant is comma-separated key=value: spe (steps per execution), prec (Keras
-dtype policy), xla (0/1), unroll (0/1, LSTMs), batch. Each process trains the
-bundled config's model on a real MNIST slice (10% of it held out for validation)
+dtype policy), xla (0/1), unroll (0/1, LSTMs), batch, threads (intra:inter op
+threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS). Each process trains the bundled
+config's model on a real MNIST slice (10% of it held out for validation)
 and prints steady samples/s (training samples over the median epoch after the
 first) and the first epoch's seconds (which include compiling). Needs
 MNIST_SEQ_DATA. The README's A/B figures come from this script.
@@ -24,13 +25,20 @@ import json, os, sys, time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 name, variant, n, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+v = dict(kv.split("=") for kv in variant.split(",") if kv)
+if "onednn" in v:
+    os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
+import tensorflow as tf
+if "threads" in v:
+    intra, inter = v["threads"].split(":")
+    tf.config.threading.set_intra_op_parallelism_threads(int(intra))
+    tf.config.threading.set_inter_op_parallelism_threads(int(inter))
 from mnist_seq.config import load_config
 from mnist_seq.data import load_mnist
 from mnist_seq.models import build_model
 from mnist_seq.train import make_optimizer
 cfg = load_config(name)
-v = dict(kv.split("=") for kv in variant.split(",") if kv)
 ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
 x, y = ds.x_train[:n].astype("float32") / 255, ds.y_train[:n]
 n_val = n // 10

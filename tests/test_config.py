@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from mnist_seq.config import (
@@ -179,3 +184,28 @@ def test_xla_is_off_on_cpus_unless_asked_for():
     with pytest.raises(ConfigError, match=r"train.xla: expected one of: auto, enabled, "
                                           r"disabled, got bool True"):
         validate({"train": {"xla": True}})
+
+
+def test_onednn_is_asked_for_unless_the_user_said_otherwise(monkeypatch):
+    from mnist_seq import backend
+
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    backend.setup("cpu")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    backend.setup("cpu")
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+@pytest.mark.slow
+def test_training_reports_onednn_turned_off_by_the_user(data_dir, tmp_path):
+    # TensorFlow reads the variable when it loads, so this needs a fresh process.
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "MNIST_SEQ_DATA": str(data_dir)}
+    run = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_seq", "train", "--model", "mlp", "--max-train-samples",
+         "300", "--max-test-samples", "100", "--epochs", "1", "--device", "cpu",
+         "--run-dir", str(run)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)" in result.stdout
+    assert json.loads((run / "metrics.json").read_text())["onednn"] is False
