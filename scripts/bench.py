@@ -3,9 +3,13 @@
 For each seed config, the three contenders train the same model on the same real
 MNIST slice, one after the other and alternating over repeats, each in a fresh
 process. Reported per contender (medians over repeats): steady-state samples per
-second (epochs after the first), end-to-end samples per second (whole process:
-start-up, data loading, compilation, training), and peak memory (max RSS).
-Also: `mnist-seq --help` latency, data-loading time, evaluation throughput.
+second (training samples over the median epoch after the first), end-to-end
+samples per second (whole process: start-up, data loading, compilation, training),
+and peak memory (max RSS). The ratios are medians of each repeat's own ratio: the
+contenders of one repeat run minutes apart, so drift in the machine's speed (up to
+2x over tens of minutes on a shared 2-core VM) cancels out better than in a ratio
+of medians. Also: `mnist-seq --help` latency, data-loading time, evaluation
+throughput.
 
     python scripts/bench.py --samples 20000 --epochs 3 --repeats 3 [--json out.json]
 
@@ -196,6 +200,8 @@ def main() -> None:
         raise SystemExit("point the benchmark at MNIST: --data-dir DIR or MNIST_SEQ_DATA=DIR")
     env = {**os.environ, "MNIST_SEQ_DATA": str(Path(args.data_dir).resolve()),
            "PYTHONUNBUFFERED": "1"}
+    # Every contender runs with its defaults: the plain Keras script does not set this.
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     try:
         import torch  # noqa: F401
 
@@ -224,7 +230,7 @@ def main() -> None:
                     wall, rss, out = run_measured(cmd, env)
                     run_dir = Path(cmd[-1]) if who == "mnist-seq" else None
                     seconds, n = parse_result(who, out, run_dir)
-                    steady = n * (len(seconds) - 1) / sum(seconds[1:]) if len(seconds) > 1 \
+                    steady = n / statistics.median(seconds[1:]) if len(seconds) > 1 \
                         else float("nan")
                     runs[who].append({"steady": steady, "end_to_end": n * len(seconds) / wall,
                                       "wall": wall, "rss_mib": rss})
@@ -234,6 +240,11 @@ def main() -> None:
             results["configs"][name] = {
                 who: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                 for who, rs in runs.items()
+            }
+            results["configs"][name]["ratios"] = {
+                f"{key} / {other}": statistics.median(
+                    a[key] / b[key] for a, b in zip(runs["mnist-seq"], runs[other], strict=True))
+                for other in contenders[1:] for key in ("steady", "end_to_end")
             }
         results["extras"] = extras(env, tmp)
 
@@ -288,12 +299,11 @@ def print_table(results: dict, contenders: list[str]) -> None:
     for name, by in results["configs"].items():
         for key, label in (("steady", "steady samples/s"), ("end_to_end", "end-to-end samples/s"),
                            ("rss_mib", "peak memory (MiB)")):
-            cells = [f"{by[w][key]:.0f}" for w in contenders]
+            cells = [f"{by[who][key]:.0f}" for who in contenders]
             row = f"| {name} | {label} | " + " | ".join(cells) + " |"
             if key != "rss_mib":
-                row += f" {by['mnist-seq'][key] / by['keras'][key]:.2f}x |"
-                if "torch" in contenders:
-                    row += f" {by['mnist-seq'][key] / by['torch'][key]:.2f}x |"
+                row += "".join(f" {by['ratios'][f'{key} / {other}']:.2f}x |"
+                               for other in contenders[1:])
             else:
                 row += " |" + (" |" if "torch" in contenders else "")
             print(row)
