@@ -64,6 +64,20 @@ def onednn_enabled() -> bool | None:
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def set_op_threads(intra: int, inter: int) -> bool:
+    """Size TensorFlow's thread pools: `intra` threads inside one op, `inter` ops at once.
+    Returns False when TensorFlow has started running ops in this process already
+    (the pools are fixed then) and they differ."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        return False
+    return True
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is
     emulated, and slower than float32."""

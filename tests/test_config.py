@@ -198,14 +198,32 @@ def test_onednn_is_asked_for_unless_the_user_said_otherwise(monkeypatch):
 
 
 @pytest.mark.slow
-def test_training_reports_onednn_turned_off_by_the_user(data_dir, tmp_path):
-    # TensorFlow reads the variable when it loads, so this needs a fresh process.
+def test_a_fresh_lstm_run_sizes_op_threads_and_reports_onednn_turned_off(data_dir, tmp_path):
+    # TensorFlow reads both when it starts, so this needs a fresh process.
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "MNIST_SEQ_DATA": str(data_dir)}
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_seq", "train", "--model", "mlp", "--max-train-samples",
+        [sys.executable, "-m", "mnist_seq", "train", "--model", "lstm-single",
+         "--max-train-samples",
          "300", "--max-test-samples", "100", "--epochs", "1", "--device", "cpu",
          "--run-dir", str(run)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)" in result.stdout
-    assert json.loads((run / "metrics.json").read_text())["onednn"] is False
+    intra = max(1, (os.cpu_count() or 2) // 2)
+    assert f"2 ops at a time, {intra} thread" in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["onednn"] is False
+    assert (metrics["intra_op_threads"], metrics["inter_op_threads"]) == (intra, 2)
+
+
+def test_op_threads_are_fixed_once_tensorflow_runs():
+    import tensorflow as tf
+
+    from mnist_seq import backend
+
+    backend.setup("cpu")
+    tf.constant(1.0) + 1  # the runtime starts with the first op
+    now = (tf.config.threading.get_intra_op_parallelism_threads(),
+           tf.config.threading.get_inter_op_parallelism_threads())
+    assert backend.set_op_threads(*now) is True
+    assert backend.set_op_threads(now[0] + 1, now[1]) is False
