@@ -212,7 +212,7 @@ def main() -> None:
 
     from mnist_seq.config import load_config
 
-    results: dict = {"args": vars(args), "configs": {}}
+    results: dict = {"args": vars(args), "configs": {}, "ratios": {}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for name in args.configs.split(","):
@@ -241,7 +241,7 @@ def main() -> None:
                 who: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                 for who, rs in runs.items()
             }
-            results["configs"][name]["ratios"] = {
+            results["ratios"][name] = {
                 f"{key} / {other}": statistics.median(
                     a[key] / b[key] for a, b in zip(runs["mnist-seq"], runs[other], strict=True))
                 for other in contenders[1:] for key in ("steady", "end_to_end")
@@ -302,7 +302,7 @@ def print_table(results: dict, contenders: list[str]) -> None:
             cells = [f"{by[who][key]:.0f}" for who in contenders]
             row = f"| {name} | {label} | " + " | ".join(cells) + " |"
             if key != "rss_mib":
-                row += "".join(f" {by['ratios'][f'{key} / {other}']:.2f}x |"
+                row += "".join(f" {results['ratios'][name][f'{key} / {other}']:.2f}x |"
                                for other in contenders[1:])
             else:
                 row += " |" + (" |" if "torch" in contenders else "")

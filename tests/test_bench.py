@@ -29,4 +29,7 @@ def test_bench_runs_on_a_tiny_slice(data_dir, tmp_path):
     assert {"mnist-seq", "keras"} <= set(mlp)
     for who in mlp.values():
         assert who["steady"] > 0 and who["end_to_end"] > 0 and who["rss_mib"] > 50
+    # One repeat: each ratio is that repeat's own.
+    ratio = data["ratios"]["mlp"]["steady / keras"]
+    assert ratio == pytest.approx(mlp["mnist-seq"]["steady"] / mlp["keras"]["steady"])
     assert 0 < data["extras"]["help_seconds"] < 30
