@@ -90,23 +90,21 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     xla = backend.choose_xla(tcfg["xla"], on_gpu)
     notes = [f"precision {precision}", f"{tcfg['steps_per_execution']} steps per execution",
              {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]]
-    threads = None
     if unroll:
         # The unrolled graph has many small ops that do not depend on each other (layer 2
         # at row t beside layer 1 at row t+1): on 2 cores, two ops at once on one thread
         # each beat one op at a time on two threads in every paired A/B here (README,
         # Performance); the CNN and the MLP, with few big ops, were slower or even.
-        threads = (max(1, (os.cpu_count() or 2) // 2), 2)
-        if backend.set_op_threads(*threads):
-            notes.append(f"{threads[1]} ops at a time, {threads[0]} thread"
-                         f"{'s' if threads[0] > 1 else ''} each")
+        intra = max(1, (os.cpu_count() or 2) // 2)
+        if backend.set_op_threads(intra, 2):
+            notes.append(f"2 ops at a time, {intra} thread{'s' if intra > 1 else ''} each")
         else:
-            threads = None
             notes.append("op threads left as they were (TensorFlow had started already)")
-    if not on_gpu:
-        onednn = backend.onednn_enabled()
-        if onednn is not None:
-            notes.append(f"oneDNN {'on' if onednn else 'off (TF_ENABLE_ONEDNN_OPTS=0)'}")
+    onednn = None if on_gpu else backend.onednn_enabled()
+    if onednn is not None:
+        user_off = os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0"
+        notes.append("oneDNN on" if onednn else
+                     "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if user_off else ""))
     if mcfg["type"] == "lstm":
         if unroll:
             notes.append("LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs "
@@ -115,7 +113,7 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
             notes.append("LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN")
         else:
             notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
-    return {"precision": precision, "unroll": unroll, "jit_compile": xla, "threads": threads,
+    return {"precision": precision, "unroll": unroll, "jit_compile": xla,
             "line": ", ".join(notes)}
 
 
