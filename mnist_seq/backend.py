@@ -79,6 +79,50 @@ def set_op_threads(intra: int, inter: int) -> bool:
     return True
 
 
+def fuse_optimizer_updates(optimizer, variables) -> bool:
+    """Make Adam (AdamW) or RMSprop update each variable with one fused TensorFlow op
+    (ResourceApplyAdam / ResourceApplyRMSProp, the same arithmetic) instead of Keras's
+    ten or so small ops. The optimizer stays Keras's own class with its own state, so
+    saved models, backups and resuming are unchanged. Returns False, changing nothing,
+    for other optimizers and options (AMSGrad, momentum, centered RMSprop)."""
+    import keras
+    import tensorflow as tf
+
+    if isinstance(optimizer, keras.optimizers.Adam) and not optimizer.amsgrad:
+        def update_step(gradient, variable, learning_rate):
+            i = optimizer._get_variable_index(variable)
+            dtype = variable.dtype
+            step = tf.cast(optimizer.iterations + 1, dtype)
+            beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=optimizer._momentums[i].value.handle,
+                v=optimizer._velocities[i].value.handle,
+                beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+                lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+                epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype))
+    elif (isinstance(optimizer, keras.optimizers.RMSprop) and not optimizer.momentum
+          and not optimizer.centered):
+        # TensorFlow's kernel writes its step into a momentum buffer; with momentum 0
+        # that buffer holds no state, so it is scratch space outside the optimizer's
+        # (saved) variables.
+        scratch = [tf.Variable(tf.zeros_like(v.value if hasattr(v, "value") else v),
+                               trainable=False) for v in variables]
+
+        def update_step(gradient, variable, learning_rate):
+            i = optimizer._get_variable_index(variable)
+            dtype = variable.dtype
+            tf.raw_ops.ResourceApplyRMSProp(
+                var=variable.handle, ms=optimizer._velocities[i].value.handle,
+                mom=scratch[i].handle, lr=tf.cast(learning_rate, dtype),
+                rho=tf.cast(optimizer.rho, dtype), momentum=tf.cast(0.0, dtype),
+                epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype))
+    else:
+        return False
+    optimizer.build(variables)
+    optimizer.update_step = update_step  # this instance only: Keras calls it per variable
+    return True
+
+
 def cpu_has_bf16() -> bool:
     """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere it is
     emulated, and slower than float32."""

@@ -4,11 +4,11 @@
 
 A variant is comma-separated key=value: spe (steps per execution), prec (Keras
 dtype policy), xla (0/1), unroll (0/1, LSTMs), batch, threads (intra:inter op
-threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS). Each process trains the bundled
-config's model on a real MNIST slice (10% of it held out for validation)
-and prints steady samples/s (training samples over the median epoch after the
-first) and the first epoch's seconds (which include compiling). Needs
-MNIST_SEQ_DATA. The README's A/B figures come from this script.
+threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
+update). Each process trains the bundled config's model on a real MNIST slice
+(10% of it held out for validation) and prints steady samples/s (training
+samples over the median epoch after the first) and the first epoch's seconds
+(which include compiling). Needs MNIST_SEQ_DATA. The README's A/B figures come from this script.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ model = build_model(cfg["model"], unroll=v.get("unroll", "0") == "1")
 model.compile(optimizer=make_optimizer(cfg["train"], 100), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"], steps_per_execution=int(v.get("spe", 1)),
               jit_compile=v.get("xla", "0") == "1")
+if v.get("fused", "0") == "1":
+    from mnist_seq.backend import fuse_optimizer_updates
+    assert fuse_optimizer_updates(model.optimizer, model.trainable_variables)
 times = []
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
