@@ -115,7 +115,7 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
             notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
     # One fused op per variable for the optimizer's update pays where the steps are
     # small: 1.14x for the MLP's epochs here (README, Performance). The CNN's and the
-    # LSTM's steps are hundreds of times bigger, so they gain nothing to speak of, and
+    # LSTM's steps are hundreds of times bigger (little to gain; not measured), and
     # under bfloat16 the last-bit differences grow into another trajectory (seed 0's
     # LeNet ended at 98.57% instead of 99.10%). Not measured on a GPU: left out there.
     return {"precision": precision, "unroll": unroll, "jit_compile": xla,
