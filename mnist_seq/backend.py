@@ -30,9 +30,9 @@ def setup(device: str = "auto", debug: bool = False, deterministic: bool = False
     # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512
     # VNNI/BF16 or AMX; on AVX2 CPUs (Zen 3, most laptops) they stay off, although they
     # made LeNet up to 1.9x faster on one (as reported in this project's speed issue; not
-    # measured by us). On this project's AVX-512 CPU, turning them off
-    # made the unrolled 3-layer LSTM 1.7x slower (README, Performance). A user's own
-    # setting wins; TensorFlow reads it once, when it loads.
+    # measured by us). On this project's AVX-512 CPU, turning them off made the unrolled
+    # 3-layer LSTM 1.7x slower (README, Performance). A user's own setting wins;
+    # TensorFlow reads it once, when it loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     with _quiet_stderr(enabled=not debug):
         import keras  # noqa: F401

@@ -29,11 +29,9 @@ v = dict(kv.split("=") for kv in variant.split(",") if kv)
 if "onednn" in v:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
-import tensorflow as tf
+from mnist_seq.backend import fuse_optimizer_updates, set_op_threads
 if "threads" in v:
-    intra, inter = v["threads"].split(":")
-    tf.config.threading.set_intra_op_parallelism_threads(int(intra))
-    tf.config.threading.set_inter_op_parallelism_threads(int(inter))
+    assert set_op_threads(*(int(t) for t in v["threads"].split(":")))
 from mnist_seq.config import load_config
 from mnist_seq.data import load_mnist
 from mnist_seq.models import build_model
@@ -48,7 +46,6 @@ model.compile(optimizer=make_optimizer(cfg["train"], 100), loss="sparse_categori
               metrics=["accuracy"], steps_per_execution=int(v.get("spe", 1)),
               jit_compile=v.get("xla", "0") == "1")
 if v.get("fused", "0") == "1":
-    from mnist_seq.backend import fuse_optimizer_updates
     assert fuse_optimizer_updates(model.optimizer, model.trainable_variables)
 times = []
 class Timer(keras.callbacks.Callback):

@@ -204,9 +204,9 @@ def test_a_fresh_lstm_run_sizes_op_threads_and_reports_onednn_turned_off(data_di
     run = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "mnist_seq", "train", "--model", "lstm-single",
-         "--max-train-samples",
-         "300", "--max-test-samples", "100", "--epochs", "1", "--device", "cpu",
-         "--run-dir", str(run)], capture_output=True, text=True, env=env, timeout=300)
+         "--max-train-samples", "300", "--max-test-samples", "100", "--epochs", "1",
+         "--device", "cpu", "--run-dir", str(run)],
+        capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)" in result.stdout
     intra = max(1, (os.cpu_count() or 2) // 2)
