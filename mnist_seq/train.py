@@ -28,6 +28,7 @@ from mnist_seq.models import build_model
 
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
 BACKUP = "backup"
+VAL_BATCH = 2048
 # Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss past this means the
 # true class gets probability e^-1000: the weights have blown up, NaN or not.
 DIVERGED_LOSS = 1e3
@@ -61,15 +62,16 @@ def make_optimizer(train_cfg: dict[str, Any], steps_per_epoch: int):
 
 
 def compile_model(config: dict[str, Any], train_samples: int, unroll: bool = False,
-                  jit_compile: bool | str = "auto"):
-    """Build and compile the model a config describes."""
+                  jit_compile: bool | str = "auto", steps_per_execution: int | None = None):
+    """Build and compile the model a config describes (`steps_per_execution`, when
+    given, overrides the config's)."""
     model = build_model(config["model"], unroll=unroll)
     steps = math.ceil(train_samples / config["train"]["batch_size"])
     model.compile(
         optimizer=make_optimizer(config["train"], steps),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
-        steps_per_execution=config["train"]["steps_per_execution"],
+        steps_per_execution=steps_per_execution or config["train"]["steps_per_execution"],
         jit_compile=jit_compile,
     )
     return model
@@ -88,7 +90,17 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     # out. (Hoisting the input projection out of the unrolled steps was slower here.)
     unroll = mcfg["type"] == "lstm" and not on_gpu
     xla = backend.choose_xla(tcfg["xla"], on_gpu)
-    notes = [f"precision {precision}", f"{tcfg['steps_per_execution']} steps per execution",
+    # The MLP's steps are so small that fixed costs per batch and per variable rule its
+    # speed on a CPU: each epoch runs in one TensorFlow call, on batches sliced inside
+    # the graph (1.15-1.3x here), and the optimizer updates each variable with one fused
+    # op (1.14x; README, Performance). The CNN's and the LSTM's steps are hundreds of
+    # times bigger (little to gain; not measured), and under bfloat16 fused updates'
+    # last-bit differences grew into another trajectory (seed 0's LeNet ended at 98.57%
+    # instead of 99.10%). Neither was measured on a GPU: left out there.
+    small_steps = mcfg["type"] == "mlp" and not on_gpu
+    notes = [f"precision {precision}",
+             "each epoch in one call, batches sliced in the graph" if small_steps else
+             f"{tcfg['steps_per_execution']} steps per execution",
              {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]]
     if unroll:
         # The unrolled graph has many small ops that do not depend on each other (layer 2
@@ -113,13 +125,9 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
             notes.append("LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN")
         else:
             notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
-    # One fused op per variable for the optimizer's update pays where the steps are
-    # small: 1.14x for the MLP's epochs here (README, Performance). The CNN's and the
-    # LSTM's steps are hundreds of times bigger (little to gain; not measured), and
-    # under bfloat16 the last-bit differences grow into another trajectory (seed 0's
-    # LeNet ended at 98.57% instead of 99.10%). Not measured on a GPU: left out there.
     return {"precision": precision, "unroll": unroll, "jit_compile": xla,
-            "fuse_updates": mcfg["type"] == "mlp" and not on_gpu, "line": ", ".join(notes)}
+            "fuse_updates": small_steps, "one_call_epochs": small_steps,
+            "line": ", ".join(notes)}
 
 
 def resume_config(run_dir: str | Path) -> dict[str, Any]:
@@ -278,7 +286,8 @@ def train_and_evaluate(
     keras.utils.set_random_seed(tcfg["seed"])
     speed = speed_settings(config, on_gpu=where.startswith("GPU"))
     model = compile_model(config, len(x_train), unroll=speed["unroll"],
-                          jit_compile=speed["jit_compile"])
+                          jit_compile=speed["jit_compile"],
+                          steps_per_execution=1 if speed["one_call_epochs"] else None)
     if speed["fuse_updates"] and backend.fuse_optimizer_updates(model.optimizer,
                                                                 model.trainable_variables):
         speed["line"] += f", fused {type(model.optimizer).__name__} updates"
@@ -306,12 +315,20 @@ def train_and_evaluate(
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    batch = tcfg["batch_size"]
+    train_data = {"x": to_float(x_train), "y": y_train, "batch_size": batch}
+    if speed["one_call_epochs"]:
+        # Shuffled inside each call, so Keras is told not to shuffle.
+        train_data = {"x": backend.epochs_in_one_call(model, train_data["x"], y_train, batch,
+                                                      tcfg["seed"]), "shuffle": False}
     with _first_ctrl_c_stops(guard):
         model.fit(
-            to_float(x_train), y_train,
-            batch_size=tcfg["batch_size"],
+            **train_data,
             epochs=tcfg["epochs"],
             validation_data=(to_float(x_val), y_val),
+            # Bigger validation batches cost the MLP less per epoch; the figures are the
+            # same but for float rounding.
+            validation_batch_size=VAL_BATCH if speed["one_call_epochs"] else batch,
             callbacks=callbacks,
             # A progress bar on a terminal; piped output gets one clean line per epoch.
             verbose=1 if sys.stdout.isatty() else 2,

@@ -5,7 +5,8 @@
 A variant is comma-separated key=value: spe (steps per execution), prec (Keras
 dtype policy), xla (0/1), unroll (0/1, LSTMs), batch, threads (intra:inter op
 threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
-update). Each process trains the bundled config's model on a real MNIST slice
+update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
+(validation batch size, default the training batch). Each process trains the bundled config's model on a real MNIST slice
 (10% of it held out for validation) and prints steady samples/s (training
 samples over the median epoch after the first) and the first epoch's seconds
 (which include compiling). Needs MNIST_SEQ_DATA. The README's A/B figures come from this script.
@@ -29,7 +30,7 @@ v = dict(kv.split("=") for kv in variant.split(",") if kv)
 if "onednn" in v:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
-from mnist_seq.backend import fuse_optimizer_updates, set_op_threads
+from mnist_seq.backend import epochs_in_one_call, fuse_optimizer_updates, set_op_threads
 if "threads" in v:
     assert set_op_threads(*(int(t) for t in v["threads"].split(":")))
 from mnist_seq.config import load_config
@@ -51,8 +52,12 @@ times = []
 class Timer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
     def on_epoch_end(self, epoch, logs=None): times.append(time.perf_counter() - self.t)
-model.fit(x[n_val:], y[n_val:], batch_size=int(v.get("batch", cfg["train"]["batch_size"])),
-          epochs=epochs, validation_data=(x[:n_val], y[:n_val]), verbose=0, callbacks=[Timer()])
+batch = int(v.get("batch", cfg["train"]["batch_size"]))
+data = dict(x=x[n_val:], y=y[n_val:], batch_size=batch)
+if v.get("graph", "0") == "1":
+    data = dict(x=epochs_in_one_call(model, x[n_val:], y[n_val:], batch, 0))
+model.fit(**data, epochs=epochs, validation_data=(x[:n_val], y[:n_val]),
+          validation_batch_size=int(v.get("vbatch", batch)), verbose=0, callbacks=[Timer()])
 print(json.dumps({"epoch_seconds": times, "train_samples": n - n_val}))
 """
 

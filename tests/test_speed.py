@@ -8,20 +8,24 @@ import pytest
 from mnist_seq.config import validate
 
 
-def _train(cfg, fused: bool):
+def _train(cfg, fused: bool = False, one_call: bool = False):
     import keras
 
     from mnist_seq import backend
     from mnist_seq.train import compile_model
 
     rng = np.random.default_rng(0)
-    x, y = rng.random((64, 28, 28), dtype="float32"), np.arange(64) % 10
+    # 60 samples: three batches of 16 and a last one of 12.
+    x, y = rng.random((60, 28, 28), dtype="float32"), np.arange(60) % 10
     keras.utils.set_random_seed(0)
     model = compile_model(cfg, len(x))
     if fused:
         assert backend.fuse_optimizer_updates(model.optimizer, model.trainable_variables)
-    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
-    return model.get_weights() + [v.numpy() for v in model.optimizer.variables]
+    data = {"x": x, "y": y, "batch_size": 16}
+    if one_call:
+        data = {"x": backend.epochs_in_one_call(model, x, y, 16, seed=0)}
+    history = model.fit(**data, epochs=2, verbose=0, shuffle=False).history
+    return model.get_weights() + [v.numpy() for v in model.optimizer.variables], history
 
 
 @pytest.mark.parametrize(("model_type", "optimizer", "schedule"), [
@@ -36,7 +40,7 @@ def test_fused_optimizer_updates_match_keras(model_type, optimizer, schedule):
     cfg = validate({"model": {"type": model_type},
                     "train": {"optimizer": optimizer, "lr_schedule": schedule, "epochs": 2,
                               "batch_size": 16, "steps_per_execution": 4}})
-    plain, fused = _train(cfg, fused=False), _train(cfg, fused=True)
+    (plain, _), (fused, _) = _train(cfg), _train(cfg, fused=True)
     assert len(plain) == len(fused)  # the same weights and optimizer state, nothing added
     for a, b in zip(plain, fused, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -45,13 +49,33 @@ def test_fused_optimizer_updates_match_keras(model_type, optimizer, schedule):
     assert any(not np.allclose(a, b) for a, b in zip(plain[:len(init)], init, strict=True))
 
 
+def test_epochs_in_one_call_train_as_keras_does(monkeypatch):
+    """The same batches in the same order (shuffling turned off here) give the same
+    weights, optimizer state (its step count too) and per-epoch figures as Keras's fit."""
+    import keras
+
+    from mnist_seq import backend
+
+    backend.setup("cpu")
+    cfg = validate({"model": {"type": "mlp"}, "train": {"epochs": 2, "batch_size": 16}})
+    plain, plain_history = _train(cfg)
+    monkeypatch.setattr(keras.random, "shuffle", lambda x, seed=None: x)
+    one_call, one_call_history = _train(cfg, one_call=True)
+    assert len(plain) == len(one_call)
+    for a, b in zip(plain, one_call, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert plain_history.keys() == one_call_history.keys()
+    for key, values in plain_history.items():
+        np.testing.assert_allclose(values, one_call_history[key], atol=1e-6)
+
+
 def _initial_weights(cfg):
     import keras
 
     from mnist_seq.train import compile_model
 
     keras.utils.set_random_seed(0)
-    return compile_model(cfg, 64).get_weights()
+    return compile_model(cfg, 60).get_weights()
 
 
 def test_optimizers_without_a_fused_op_are_left_alone():
@@ -70,8 +94,10 @@ def test_optimizers_without_a_fused_op_are_left_alone():
 @pytest.mark.parametrize(("model_type", "on_gpu", "fused"), [
     ("mlp", False, True), ("mlp", True, False), ("cnn", False, False), ("lstm", False, False),
 ])
-def test_only_the_mlp_fuses_its_updates_and_only_on_a_cpu(model_type, on_gpu, fused):
+def test_only_the_mlp_takes_the_small_step_settings_on_a_cpu(model_type, on_gpu, fused):
     from mnist_seq.train import speed_settings
 
     speed = speed_settings(validate({"model": {"type": model_type}}), on_gpu=on_gpu)
-    assert speed["fuse_updates"] is fused
+    assert speed["fuse_updates"] is fused and speed["one_call_epochs"] is fused
+    assert ("each epoch in one call" in speed["line"]) is fused
+    assert ("64 steps per execution" in speed["line"]) is not fused
