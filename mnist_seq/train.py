@@ -92,11 +92,11 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     xla = backend.choose_xla(tcfg["xla"], on_gpu)
     # The MLP's steps are so small that fixed costs per batch and per variable rule its
     # speed on a CPU: each epoch runs in one TensorFlow call, on batches sliced inside
-    # the graph (1.15-1.3x here), and the optimizer updates each variable with one fused
-    # op (1.14x; README, Performance). The CNN's and the LSTM's steps are hundreds of
-    # times bigger (little to gain; not measured), and under bfloat16 fused updates'
-    # last-bit differences grew into another trajectory (seed 0's LeNet ended at 98.57%
-    # instead of 99.10%). Neither was measured on a GPU: left out there.
+    # the graph (1.15x here, 1.25x with validation in batches of 2048), and the
+    # optimizer updates each variable with one fused op (1.14x; README, Performance).
+    # LeNet's steps are hundreds of times bigger: one call per epoch made it no faster,
+    # and under bfloat16 fused updates' last-bit differences grew into another
+    # trajectory (seed 0 ended at 98.57% instead of 99.10%). Not measured on a GPU.
     small_steps = mcfg["type"] == "mlp" and not on_gpu
     notes = [f"precision {precision}",
              "each epoch in one call, batches sliced in the graph" if small_steps else
@@ -157,9 +157,12 @@ def _callbacks(run_dir: Path, rows: list[dict[str, float]]):
         def on_train_batch_end(self, batch, logs=None):
             loss = float((logs or {}).get("loss", 0.0))
             if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+                # Epochs trained in one call (the MLP's on a CPU) report once, at their end.
+                where = f"epoch {self.epoch + 1}" + (
+                    f", batch {batch + 1}" if self.params.get("steps") != 1 else "")
                 raise TrainingDiverged(
-                    f"training diverged: the loss became {loss:.4g} in epoch {self.epoch + 1}, "
-                    f"batch {batch + 1} (a model that guesses scores {math.log(10):.2f}); "
+                    f"training diverged: the loss became {loss:.4g} in {where} "
+                    f"(a model that guesses scores {math.log(10):.2f}); "
                     f"try a lower train.learning_rate. {_kept(run_dir)}")
             if self.interrupted:
                 raise TrainingInterrupted(

@@ -6,10 +6,11 @@ A variant is comma-separated key=value: spe (steps per execution), prec (Keras
 dtype policy), xla (0/1), unroll (0/1, LSTMs), batch, threads (intra:inter op
 threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
 update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
-(validation batch size, default the training batch). Each process trains the bundled config's model on a real MNIST slice
-(10% of it held out for validation) and prints steady samples/s (training
-samples over the median epoch after the first) and the first epoch's seconds
-(which include compiling). Needs MNIST_SEQ_DATA. The README's A/B figures come from this script.
+(validation batch size, default the training batch). Each process trains the
+bundled config's model on a real MNIST slice (10% of it held out for validation)
+and prints steady samples/s (training samples over the median epoch after the
+first) and the first epoch's seconds (which include compiling). Needs
+MNIST_SEQ_DATA. The README's A/B figures come from this script.
 """
 
 from __future__ import annotations

@@ -120,6 +120,7 @@ def test_diverging_run_stops_with_a_message(data_dir, tmp_path):
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("Error: training diverged: the loss became ")
     assert "lower train.learning_rate" in error and "Traceback" not in result.output
+    assert "in epoch 1 (" in error  # the MLP trains each epoch in one call: no batch number
     assert not (run_dir / "model.keras").exists() and not (run_dir / "metrics.json").exists()
 
 
