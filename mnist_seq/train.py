@@ -90,13 +90,13 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
     # out. (Hoisting the input projection out of the unrolled steps was slower here.)
     unroll = mcfg["type"] == "lstm" and not on_gpu
     xla = backend.choose_xla(tcfg["xla"], on_gpu)
-    # The MLP's steps are so small that fixed costs per batch and per variable rule its
-    # speed on a CPU: each epoch runs in one TensorFlow call, on batches sliced inside
-    # the graph (1.15x here, 1.25x with validation in batches of 2048), and the
-    # optimizer updates each variable with one fused op (1.14x; README, Performance).
-    # LeNet's steps are hundreds of times bigger: one call per epoch made it no faster,
-    # and under bfloat16 fused updates' last-bit differences grew into another
-    # trajectory (seed 0 ended at 98.57% instead of 99.10%). Not measured on a GPU.
+    # The MLP's steps are so small that fixed costs per batch rule its speed on a CPU:
+    # each epoch runs in one TensorFlow call, on batches sliced inside the graph (1.15x
+    # here, 1.25x with validation in batches of 2048; LeNet gained nothing from it).
+    # Fused optimizer updates (one op per variable) paid for both: 1.14x for the MLP
+    # and for LeNet, whose Adam state is 1.3M floats read and written by ten or so
+    # ops a step otherwise (README, Performance). LSTMs' steps are dominated by many
+    # small recurrent ops: not measured, left as they were. Nor measured on a GPU.
     small_steps = mcfg["type"] == "mlp" and not on_gpu
     notes = [f"precision {precision}",
              "each epoch in one call, batches sliced in the graph" if small_steps else
@@ -126,7 +126,8 @@ def speed_settings(config: dict[str, Any], on_gpu: bool) -> dict[str, Any]:
         else:
             notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
     return {"precision": precision, "unroll": unroll, "jit_compile": xla,
-            "fuse_updates": small_steps, "one_call_epochs": small_steps,
+            "fuse_updates": mcfg["type"] in ("mlp", "cnn") and not on_gpu,
+            "one_call_epochs": small_steps,
             "line": ", ".join(notes)}
 
 

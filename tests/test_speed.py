@@ -91,13 +91,14 @@ def test_optimizers_without_a_fused_op_are_left_alone():
     assert backend.fuse_optimizer_updates(opt, []) is False
 
 
-@pytest.mark.parametrize(("model_type", "on_gpu", "fused"), [
-    ("mlp", False, True), ("mlp", True, False), ("cnn", False, False), ("lstm", False, False),
+@pytest.mark.parametrize(("model_type", "on_gpu", "fused", "one_call"), [
+    ("mlp", False, True, True), ("mlp", True, False, False), ("cnn", False, True, False),
+    ("cnn", True, False, False), ("lstm", False, False, False),
 ])
-def test_only_the_mlp_takes_the_small_step_settings_on_a_cpu(model_type, on_gpu, fused):
+def test_small_step_settings_go_where_they_paid_on_a_cpu(model_type, on_gpu, fused, one_call):
     from mnist_seq.train import speed_settings
 
     speed = speed_settings(validate({"model": {"type": model_type}}), on_gpu=on_gpu)
-    assert speed["fuse_updates"] is fused and speed["one_call_epochs"] is fused
-    assert ("each epoch in one call" in speed["line"]) is fused
-    assert ("64 steps per execution" in speed["line"]) is not fused
+    assert speed["fuse_updates"] is fused and speed["one_call_epochs"] is one_call
+    assert ("each epoch in one call" in speed["line"]) is one_call
+    assert ("64 steps per execution" in speed["line"]) is not one_call
