@@ -222,6 +222,7 @@ def main() -> None:
                    "lr": c["train"]["learning_rate"], "optimizer": c["train"]["optimizer"],
                    "val": c["train"]["validation_fraction"]}
             runs: dict[str, list[dict]] = {who: [] for who in contenders}
+            epochs: dict[str, list[list[float]]] = {who: [] for who in contenders}
             for rep in range(args.repeats):
                 # Alternate the order so drift in machine load hits everyone alike.
                 order = contenders if rep % 2 == 0 else contenders[::-1]
@@ -234,6 +235,7 @@ def main() -> None:
                         else float("nan")
                     runs[who].append({"steady": steady, "end_to_end": n * len(seconds) / wall,
                                       "wall": wall, "rss_mib": rss})
+                    epochs[who].append([round(t, 3) for t in seconds])
                     print(f"  {name:<5} {who:<9} rep {rep + 1}: steady {steady:8.0f} samples/s,"
                           f" end-to-end {n * len(seconds) / wall:8.0f} samples/s, "
                           f"{wall:6.1f} s, {rss:6.0f} MiB", flush=True)
@@ -241,6 +243,8 @@ def main() -> None:
                 who: {k: statistics.median(r[k] for r in rs) for k in rs[0]}
                 for who, rs in runs.items()
             }
+            # Every epoch's seconds, repeat by repeat: the medians hide how epochs vary.
+            results.setdefault("epoch_seconds", {})[name] = epochs
             results["ratios"][name] = {
                 f"{key} / {other}": statistics.median(
                     a[key] / b[key] for a, b in zip(runs["mnist-seq"], runs[other], strict=True))

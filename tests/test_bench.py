@@ -33,3 +33,6 @@ def test_bench_runs_on_a_tiny_slice(data_dir, tmp_path):
     ratio = data["ratios"]["mlp"]["steady / keras"]
     assert ratio == pytest.approx(mlp["mnist-seq"]["steady"] / mlp["keras"]["steady"])
     assert 0 < data["extras"]["help_seconds"] < 30
+    # Every epoch of every repeat is kept: two epochs, one repeat, per contender.
+    assert all(len(reps) == 1 and len(reps[0]) == 2
+               for reps in data["epoch_seconds"]["mlp"].values())
