@@ -56,7 +56,7 @@ class Timer(keras.callbacks.Callback):
 batch = int(v.get("batch", cfg["train"]["batch_size"]))
 data = dict(x=x[n_val:], y=y[n_val:], batch_size=batch)
 if v.get("graph", "0") == "1":
-    data = dict(x=epochs_in_one_call(model, x[n_val:], y[n_val:], batch, 0))
+    data = dict(x=epochs_in_one_call(model, x[n_val:], y[n_val:], batch, 0), shuffle=False)
 model.fit(**data, epochs=epochs, validation_data=(x[:n_val], y[:n_val]),
           validation_batch_size=int(v.get("vbatch", batch)), verbose=0, callbacks=[Timer()])
 print(json.dumps({"epoch_seconds": times, "train_samples": n - n_val}))
