@@ -212,7 +212,7 @@ def main() -> None:
 
     from mnist_seq.config import load_config
 
-    results: dict = {"args": vars(args), "configs": {}, "ratios": {}}
+    results: dict = {"args": vars(args), "configs": {}, "ratios": {}, "epoch_seconds": {}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for name in args.configs.split(","):
@@ -244,7 +244,7 @@ def main() -> None:
                 for who, rs in runs.items()
             }
             # Every epoch's seconds, repeat by repeat: the medians hide how epochs vary.
-            results.setdefault("epoch_seconds", {})[name] = epochs
+            results["epoch_seconds"][name] = epochs
             results["ratios"][name] = {
                 f"{key} / {other}": statistics.median(
                     a[key] / b[key] for a, b in zip(runs["mnist-seq"], runs[other], strict=True))
