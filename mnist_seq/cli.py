@@ -86,6 +86,7 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
     from pathlib import Path
 
     from mnist_seq.config import load_config, parse_override
+    from mnist_seq.rundir import RunDir
 
     shortcuts = {
         "train.epochs": epochs, "train.batch_size": batch_size,
@@ -97,24 +98,30 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
     overrides += [parse_override(f"{k}={v}") for k, v in shortcuts.items() if v is not None]
     if resume:
         from mnist_seq.errors import ConfigError
-        from mnist_seq.train import resume_config
 
         if overrides or model_name or config_file or run_dir:
             raise ConfigError("--resume continues a run with its own config.yaml; drop "
                               "--model, --config, --run-dir and every config override")
-        config, name, run_dir = resume_config(resume), Path(resume).name, resume
+        run = RunDir(resume).require_resumable()
+        config = run.read_config()
     else:
         config = load_config(model_name if not config_file else None, config_file, overrides)
         name = Path(config_file).stem if config_file else (model_name or "lstm")
+        run = RunDir.new(name, run_dir, runs_root)
 
     from mnist_seq.train import train_and_evaluate
 
-    run, _ = train_and_evaluate(
-        config, run_dir, name=name, runs_root=runs_root, resume=bool(resume),
-        data_dir=data_dir, device=device, tensorboard=tensorboard, debug=ctx.obj["debug"],
-        command=shlex.join(["mnist-seq", *sys.argv[1:]]), log=click.echo,
-    )
-    click.echo(f"Wrote {run}")
+    options = _options(ctx, device=device, data_dir=data_dir, tensorboard=tensorboard,
+                       command=shlex.join(["mnist-seq", *sys.argv[1:]]))
+    train_and_evaluate(config, run, options, resume=bool(resume), log=click.echo)
+    click.echo(f"Wrote {run.path}")
+
+
+def _options(ctx: click.Context, **given):
+    """The runtime options of this command: what it was given, and --debug."""
+    from mnist_seq.options import RuntimeOptions
+
+    return RuntimeOptions(debug=ctx.obj["debug"], **given)
 
 
 @cli.command()
@@ -131,7 +138,7 @@ def evaluate(ctx: click.Context, run_or_model, data_dir, max_test_samples, as_js
     from mnist_seq.evaluation import evaluate as run_evaluation
     from mnist_seq.evaluation import format_report
 
-    result = run_evaluation(run_or_model, data_dir, max_test_samples, debug=ctx.obj["debug"])
+    result = run_evaluation(run_or_model, _options(ctx, data_dir=data_dir), max_test_samples)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -149,11 +156,9 @@ def predict(ctx: click.Context, model, images, save_input, as_json) -> None:
     """Top-3 digits for PNG/JPEG/BMP images (any size or polarity) or .npy arrays."""
     import json
 
-    from mnist_seq.evaluation import resolve_model_path
     from mnist_seq.predict import predict_files
 
-    results = predict_files(resolve_model_path(model), list(images), save_input,
-                            debug=ctx.obj["debug"])
+    results = predict_files(model, list(images), save_input, _options(ctx))
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -172,16 +177,9 @@ def predict(ctx: click.Context, model, images, save_input, as_json) -> None:
 @click.option("--log-loss", is_flag=True, help="Log scale for loss panels.")
 def plot_history(runs, out, metrics, log_loss) -> None:
     """Draw loss and accuracy curves, training vs validation, of one or more runs."""
-    from pathlib import Path
+    from mnist_seq.plotting import plot_history_files
 
-    from mnist_seq.artifacts import CURVES, read_history
-    from mnist_seq.plotting import plot_curves
-
-    histories = {Path(r).name: read_history(r) for r in runs}
-    default = Path(runs[0]) / CURVES if len(runs) == 1 else Path("runs-history.png")
-    path = plot_curves(histories, out or default, tuple(metrics) or ("loss", "accuracy"),
-                       log_loss=log_loss)
-    click.echo(f"Wrote {path}")
+    click.echo(f"Wrote {plot_history_files(list(runs), out, tuple(metrics), log_loss)}")
 
 
 @cli.command()
@@ -200,7 +198,7 @@ def inspect(ctx: click.Context, run_dirs, index, image, data_dir) -> None:
 
     if index is not None and image is not None:
         raise ConfigError("give --index or --image, not both")
-    for path in inspect_runs(list(run_dirs), index, image, data_dir, debug=ctx.obj["debug"]):
+    for path in inspect_runs(list(run_dirs), index, image, _options(ctx, data_dir=data_dir)):
         click.echo(f"Wrote {path}")
 
 
@@ -212,7 +210,7 @@ def report(ctx: click.Context, run_dir, data_dir) -> None:
     """Write RUN_DIR/report.html: everything about a run in one shareable file."""
     from mnist_seq.report import build_report
 
-    click.echo(f"Wrote {build_report(run_dir, data_dir, debug=ctx.obj['debug'])}")
+    click.echo(f"Wrote {build_report(run_dir, _options(ctx, data_dir=data_dir))}")
 
 
 @cli.command()
@@ -225,7 +223,7 @@ def runs(root, sort, as_json) -> None:
     """List the runs under DIR (default: runs) with their key figures."""
     import json
 
-    from mnist_seq.artifacts import format_runs, list_runs
+    from mnist_seq.runs import format_runs, list_runs
 
     rows = list_runs(root, sort)
     click.echo(json.dumps(rows, indent=2) if as_json else format_runs(rows))

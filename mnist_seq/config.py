@@ -29,7 +29,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "deterministic": False,  # TensorFlow op determinism: identical reruns, a little slower
     "steps_per_execution": 64,  # batches per compiled call (an MLP on a CPU: a whole epoch)
     "precision": "auto",  # auto: bfloat16 compute for CNNs on CPUs with bf16 units
-    "xla": "auto",  # auto: off on CPUs, Keras's choice on GPUs (see backend.choose_xla)
+    "xla": "auto",  # auto: off on CPUs, Keras's choice on GPUs (see speed.choose_xla)
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "dir": None,  # folder with the IDX files or mnist.npz; None = env var or Keras cache
@@ -44,8 +44,11 @@ NULLABLE_TYPES: dict[str, type] = {
     "data.max_test_samples": int,
 }
 
+# train.optimizer names and the Keras classes they stand for.
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "sgd": "SGD"}
+
 CHOICES: dict[str, tuple[str, ...]] = {
-    "train.optimizer": ("adam", "adamw", "rmsprop", "sgd"),
+    "train.optimizer": tuple(OPTIMIZERS),
     "train.lr_schedule": ("constant", "cosine", "onecycle"),
     "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
     "train.xla": ("auto", "enabled", "disabled"),

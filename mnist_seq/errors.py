@@ -19,3 +19,13 @@ class DataError(MnistSeqError):
 
 class RunDirError(MnistSeqError):
     """A run folder that cannot be created, or would overwrite an existing one."""
+
+
+class TrainingInterrupted(MnistSeqError):
+    """Ctrl-C: the run stopped cleanly and can be resumed."""
+
+    exit_code = 130
+
+
+class TrainingDiverged(MnistSeqError):
+    """The loss became NaN, infinite or absurdly large."""

@@ -8,34 +8,22 @@ from typing import Any
 
 import numpy as np
 
-from mnist_seq import artifacts, backend
-from mnist_seq.config import read_yaml
+from mnist_seq import backend
 from mnist_seq.data import NUM_CLASSES, load_mnist, to_float
 from mnist_seq.errors import MnistSeqError
+from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.plotting import plot_confusion, plot_worst_errors
+from mnist_seq.rundir import RunDir
 
 # Input shapes a model may take; MNIST images are reshaped to fit.
 ACCEPTED_INPUTS = ((28, 28), (28, 28, 1), (784,))
-EVALUATION, CONFUSION_PNG, ERRORS_PNG = "evaluation.json", "confusion.png", "worst-errors.png"
-
-
-def resolve_model_path(run_or_model: str | Path) -> Path:
-    """A run folder means its model.keras; a file must be a .keras model."""
-    path = Path(run_or_model)
-    if path.is_dir():
-        model = path / artifacts.MODEL
-        if not model.is_file():
-            raise MnistSeqError(f"no {artifacts.MODEL} in {path}: is this a finished "
-                                "mnist-seq run folder?")
-        return model
-    if not path.exists():
-        raise MnistSeqError(f"no such run folder or model file: {path}")
-    return path
 
 
 def load_model(path: str | Path):
     """Load a `.keras` model with Keras's safe_mode on (no arbitrary code, no Lambda layers)."""
     path = Path(path)
+    if not path.is_file():
+        raise MnistSeqError(f"model not found: {path}")
     if path.suffix != ".keras":
         raise MnistSeqError(f"{path}: expected a .keras model file, got '{path.suffix or 'no'}' "
                             "suffix (only the .keras format is loaded)")
@@ -147,36 +135,33 @@ def format_report(result: dict[str, Any]) -> str:
 
 def evaluate(
     run_or_model: str | Path,
-    data_dir: str | Path | None = None,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
     max_samples: int | None = None,
-    debug: bool = False,
 ) -> dict[str, Any]:
-    """Score a run's model.keras (or any .keras file) on the MNIST test set once.
+    """Score a finished run's model.keras (or any .keras file) on the MNIST test set once.
 
-    Writes evaluation.json, confusion.png and worst-errors.png beside the model.
+    Writes evaluation.json, confusion.png and worst-errors.png into the run folder (or
+    beside the model file).
     """
-    model_path = resolve_model_path(run_or_model)
-    backend.setup("auto", debug=debug)
+    run, model_path = RunDir.locate_model(run_or_model)
+    backend.setup(options)
     model = load_model(model_path)
     fit_input(model, np.zeros((1, 28, 28), np.uint8))  # a wrong input shape fails before I/O
-    run_config = model_path.parent / artifacts.CONFIG
-    config_dir = None
-    if run_config.is_file():  # a run remembers where its data came from
-        config_dir = (read_yaml(run_config).get("data") or {}).get("dir")
-    data = load_mnist(data_dir, config_dir)
+    data = load_mnist(options.data_dir, run.recorded_data_dir())
     x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
     probs, logits = predict_proba(model, x_test)
     result = {"model": str(model_path), "data_source": data.source,
               "loss": keras_loss(model, x_test, y_test, from_logits=logits),
               **score(probs, y_test)}
-    out_dir = model_path.parent
-    name = out_dir.name
+    name = run.name
     result["files"] = [
-        str(plot_confusion(result["confusion"], out_dir / CONFUSION_PNG,
-                           f"{name}: confusion matrix, {result['accuracy']:.2%} right")),
-        str(plot_worst_errors(x_test, result["worst_errors"], out_dir / ERRORS_PNG,
-                              f"{name}: the {len(result['worst_errors'])} most confidently "
-                              "wrong test digits")),
+        str(run.save_figure(plot_confusion(
+            result["confusion"], f"{name}: confusion matrix, {result['accuracy']:.2%} right"),
+            RunDir.CONFUSION)),
+        str(run.save_figure(plot_worst_errors(
+            x_test, result["worst_errors"],
+            f"{name}: the {len(result['worst_errors'])} most confidently wrong test digits"),
+            RunDir.WORST_ERRORS)),
     ]
-    artifacts.write_json(out_dir / EVALUATION, result)
+    run.write_json(RunDir.EVALUATION, result)
     return result

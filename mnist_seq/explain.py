@@ -16,15 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from mnist_seq import artifacts, backend
-from mnist_seq.config import read_yaml, validate
+from mnist_seq import backend
 from mnist_seq.data import load_mnist, to_float
 from mnist_seq.errors import MnistSeqError
 from mnist_seq.evaluation import load_model
 from mnist_seq.models import build_lstm, build_model
-from mnist_seq.plotting import pyplot, save_figure
-
-INSPECT = "inspect"
+from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
+from mnist_seq.plotting import pyplot
+from mnist_seq.rundir import RunDir
 
 
 def explain_layer(layer) -> str:
@@ -94,14 +93,14 @@ def layer_table(model) -> str:
 
 
 def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
-                 image: str | Path | None = None, data_dir: str | Path | None = None,
-                 debug: bool = False) -> list[Path]:
+                 image: str | Path | None = None,
+                 options: RuntimeOptions = DEFAULT_OPTIONS) -> list[Path]:
     """Write the pictures for the first run (and the rows-read curve for every LSTM run
     given) into RUN_DIR/inspect/; return the files written."""
-    runs = [Path(r) for r in run_dirs]
-    configs = [_run_config(r) for r in runs]
+    runs = [RunDir(r).require_finished() for r in run_dirs]
+    configs = [r.read_config() for r in runs]
     run, config = runs[0], configs[0]
-    data = load_mnist(data_dir, config["data"]["dir"])
+    data = load_mnist(options.data_dir, config["data"]["dir"])
     if image is not None:
         from mnist_seq.predict import load_inputs
 
@@ -113,37 +112,28 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
             raise MnistSeqError(f"--index {index} is out of range: the test set has "
                                 f"{len(data.x_test)} digits (0..{len(data.x_test) - 1})")
         digit, label, tag = data.x_test[index], int(data.y_test[index]), f"test{index}"
-    backend.setup("auto", debug=debug)
-    model = load_model(run / artifacts.MODEL)
-    out = run / INSPECT
-    out.mkdir(exist_ok=True)
-    written = [out / "layers.txt"]
-    artifacts.write_text(written[0], layer_table(model) + "\n")
+    backend.setup(options)
+    model = load_model(run / RunDir.MODEL)
+    written = [run.write_text(run.inspect_file("layers"), layer_table(model) + "\n")]
     kind = config["model"]["type"]
     title = f"{run.name}, " + (f"test digit #{index} (label {label})" if label is not None
                                else f"image {tag}")
     if kind == "lstm":
         probe = _probe(model, config)
-        written += lstm_reading(probe, digit, out, tag, title)
+        written += lstm_reading(probe, digit, run, tag, title)
         # The first run's probe is reused; the other LSTM runs are loaded for their curve.
         probes = {run.name: probe} | {
-            r.name: _probe(load_model(r / artifacts.MODEL), c)
+            r.name: _probe(load_model(r / RunDir.MODEL), c)
             for r, c in zip(runs[1:], configs[1:], strict=True) if c["model"]["type"] == "lstm"
         }
-        written.append(rows_read_accuracy(probes, data.x_test, data.y_test,
-                                          out / "rows-read-accuracy.png"))
+        written.append(run.save_figure(rows_read_accuracy(probes, data.x_test, data.y_test),
+                                       run.inspect_file("rows_read")))
     elif kind == "cnn":
-        written += cnn_pictures(model, config, run, digit, out, tag, title)
+        written += cnn_pictures(model, config, run, digit, tag, title)
     elif kind == "mlp":
-        written.append(mlp_weights(model, digit, out / f"mlp-units-{tag}.png", title))
+        written.append(run.save_figure(mlp_weights(model, digit, title),
+                                       run.inspect_file("mlp_units", tag)))
     return written
-
-
-def _run_config(run: Path) -> dict[str, Any]:
-    if not (run / artifacts.CONFIG).is_file() or not (run / artifacts.MODEL).is_file():
-        raise MnistSeqError(f"{run} is not a finished mnist-seq run: expected "
-                            f"{artifacts.CONFIG} and {artifacts.MODEL} in it")
-    return validate(read_yaml(run / artifacts.CONFIG))
 
 
 def _probe(model, config: dict[str, Any]):
@@ -155,7 +145,7 @@ def _probe(model, config: dict[str, Any]):
     return probe
 
 
-def lstm_reading(probe, digit: np.ndarray, out: Path, tag: str, title: str) -> list[Path]:
+def lstm_reading(probe, digit: np.ndarray, run: RunDir, tag: str, title: str) -> list[Path]:
     """Rows as timesteps, hidden states over time, probabilities after each row; + GIF."""
     *states, probs = probe(to_float(digit[None]))
     states = [np.asarray(s)[0] for s in states]
@@ -189,8 +179,10 @@ def lstm_reading(probe, digit: np.ndarray, out: Path, tag: str, title: str) -> l
     ax.set_title(f"P(class) after each row\nsettles on {final} from row {decided}")
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.suptitle(title)
-    png = save_figure(fig, out / f"lstm-reading-{tag}.png")
-    return [png, _reading_gif(digit, probs, out / f"lstm-reading-{tag}.gif", title)]
+    png = run.save_figure(fig, run.inspect_file("lstm_reading", tag))
+    frames = _reading_frames(digit, probs, title)
+    gif = run.save_gif(frames, run.inspect_file("lstm_gif", tag), [250] * 27 + [2000])
+    return [png, gif]
 
 
 def _decided_at(probs: np.ndarray) -> int:
@@ -202,8 +194,8 @@ def _decided_at(probs: np.ndarray) -> int:
     return t
 
 
-def _reading_gif(digit: np.ndarray, probs: np.ndarray, path: Path, title: str) -> Path:
-    """The digit revealed row by row, with the probability bars after each row."""
+def _reading_frames(digit: np.ndarray, probs: np.ndarray, title: str) -> list:
+    """GIF frames: the digit revealed row by row, with the probability bars after each."""
     from PIL import Image
 
     plt = pyplot()
@@ -227,15 +219,10 @@ def _reading_gif(digit: np.ndarray, probs: np.ndarray, path: Path, title: str) -
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
         frames.append(Image.open(buf).convert("P", palette=Image.Palette.ADAPTIVE))
-    tmp = path.with_name(f".{path.stem}.tmp.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=[250] * 27 + [2000],
-                   loop=0)
-    tmp.replace(path)
-    return path
+    return frames
 
 
-def rows_read_accuracy(probes: dict[str, Any], x: np.ndarray, y: np.ndarray,
-                       out: Path) -> Path:
+def rows_read_accuracy(probes: dict[str, Any], x: np.ndarray, y: np.ndarray):
     """Test accuracy after reading 1..28 rows, one curve per LSTM run (probes by run name)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -250,10 +237,10 @@ def rows_read_accuracy(probes: dict[str, Any], x: np.ndarray, y: np.ndarray,
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, out)
+    return fig
 
 
-def cnn_pictures(model, config, run: Path, digit: np.ndarray, out: Path, tag: str,
+def cnn_pictures(model, config, run: RunDir, digit: np.ndarray, tag: str,
                  title: str) -> list[Path]:
     """First-layer filters before and after training; every convolution's feature maps."""
     import keras
@@ -262,7 +249,7 @@ def cnn_pictures(model, config, run: Path, digit: np.ndarray, out: Path, tag: st
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     trained = convs[0].get_weights()[0]  # (k, k, 1, filters)
     written = []
-    initial_path = run / artifacts.INITIAL_WEIGHTS
+    initial_path = run / RunDir.INITIAL_WEIGHTS
     rows = [("trained", trained)]
     if initial_path.is_file():
         initial = build_model(config["model"])
@@ -285,7 +272,7 @@ def cnn_pictures(model, config, run: Path, digit: np.ndarray, out: Path, tag: st
     fig.suptitle(f"{run.name}: the {n} {trained.shape[0]}x{trained.shape[1]} filters of "
                  f"{convs[0].name}, one per output channel (red +, blue -; each "
                  "scaled to its own range)")
-    written.append(save_figure(fig, out / "cnn-filters.png"))
+    written.append(run.save_figure(fig, run.inspect_file("cnn_filters")))
 
     maps = keras.Model(model.inputs[0], [c.output for c in convs])(to_float(digit[None]))
     maps = [np.asarray(m)[0] for m in maps]
@@ -307,11 +294,11 @@ def cnn_pictures(model, config, run: Path, digit: np.ndarray, out: Path, tag: st
             ax.set_title(f"ch {c}", fontsize=6)
         row += int(np.ceil(m.shape[-1] / cols))
     fig.suptitle(title)
-    written.append(save_figure(fig, out / f"cnn-feature-maps-{tag}.png"))
+    written.append(run.save_figure(fig, run.inspect_file("cnn_maps", tag)))
     return written
 
 
-def mlp_weights(model, digit: np.ndarray, out: Path, title: str, top: int = 16) -> Path:
+def mlp_weights(model, digit: np.ndarray, title: str, top: int = 16):
     """The input weights (28x28) of the first-layer units this digit excites most."""
     import keras
 
@@ -335,4 +322,4 @@ def mlp_weights(model, digit: np.ndarray, out: Path, title: str, top: int = 16) 
         ax.set_title(f"unit {unit}: {act[unit]:.2f}", fontsize=8)
     fig.suptitle(f"{title}: input weights of the {top} most active of {kernel.shape[1]} "
                  f"units in {dense.name} (red +, blue -)")
-    return save_figure(fig, out)
+    return fig

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-NUM_CLASSES = 10
-IMAGE_SHAPE = (28, 28)
+from mnist_seq.data import IMAGE_SHAPE, NUM_CLASSES
 
 # The keys each model type accepts, with their defaults (config.py validates against these).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -1,15 +1,18 @@
-"""Pictures as PNG: training curves, confusion matrices, galleries of digits."""
+"""Pictures: training curves, confusion matrices, galleries of digits.
+
+Each function draws and returns a matplotlib figure; whoever owns the file saves
+it (`RunDir.save_figure`, or `rundir.save_figure` for a file outside a run).
+"""
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mnist_seq.data import NUM_CLASSES
 from mnist_seq.errors import MnistSeqError
+from mnist_seq.rundir import best_epoch
 
 Rows = list[dict[str, float]]
 
@@ -24,26 +27,11 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, out: Path) -> Path:
-    """Save a figure as PNG atomically (temporary name, then rename) and close it."""
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings():  # a text-only panel can defeat tight_layout: harmless
-        warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
-
-
 def plot_curves(
     histories: dict[str, Rows],
-    out: str | Path,
     metrics: tuple[str, ...] = ("loss", "accuracy"),
     log_loss: bool = False,
-) -> Path:
+):
     """Draw one panel per metric; training solid, validation dashed, best epoch marked.
 
     With several runs, each run gets one colour and the legend names it.
@@ -61,7 +49,7 @@ def plot_curves(
     for i, (name, rows) in enumerate(histories.items()):
         colour = colours[i % len(colours)]
         epochs = [int(r.get("epoch", n)) + 1 for n, r in enumerate(rows)]
-        best = _best_epoch(rows)
+        best = best_epoch(rows)
         for ax, metric in zip(axes[0], metrics, strict=True):
             label = "" if len(histories) == 1 else f"{name} "
             has_val = any(f"val_{metric}" in r for r in rows)
@@ -87,19 +75,10 @@ def plot_curves(
             ax.set_yscale("log")
     title = next(iter(histories)) if len(histories) == 1 else f"{len(histories)} runs"
     fig.suptitle(title)
-    return save_figure(fig, Path(out))
+    return fig
 
 
-def _best_epoch(rows: Rows) -> int | None:
-    """Index of the epoch with the best validation accuracy (or lowest validation loss)."""
-    if any("val_accuracy" in r for r in rows):
-        return max(range(len(rows)), key=lambda i: rows[i].get("val_accuracy", float("-inf")))
-    if any("val_loss" in r for r in rows):
-        return min(range(len(rows)), key=lambda i: rows[i].get("val_loss", float("inf")))
-    return None
-
-
-def plot_confusion(confusion: list[list[int]], out: Path, title: str) -> Path:
+def plot_confusion(confusion: list[list[int]], title: str):
     """The confusion matrix as a heatmap, counts written in each cell."""
     plt = pyplot()
     matrix = np.asarray(confusion)
@@ -115,11 +94,10 @@ def plot_confusion(confusion: list[list[int]], out: Path, title: str) -> Path:
     ax.set_ylabel("true class")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="log10(count + 1)")
-    return save_figure(fig, out)
+    return fig
 
 
-def plot_worst_errors(images: np.ndarray, errors: list[dict[str, Any]], out: Path,
-                      title: str) -> Path:
+def plot_worst_errors(images: np.ndarray, errors: list[dict[str, Any]], title: str):
     """A 5x5 gallery of the most confidently wrong digits."""
     plt = pyplot()
     fig, axes = plt.subplots(5, 5, figsize=(8, 9))
@@ -131,10 +109,10 @@ def plot_worst_errors(images: np.ndarray, errors: list[dict[str, Any]], out: Pat
         ax.set_title(f"true {err['label']}  pred {err['predicted']}\n"
                      f"{100 * err['confidence']:.1f}%  (#{err['index']})", fontsize=8)
     fig.suptitle(title)
-    return save_figure(fig, out)
+    return fig
 
 
-def plot_epoch_seconds(rows: Rows, out: Path) -> Path:
+def plot_epoch_seconds(rows: Rows):
     """Seconds per epoch as bars (the first epoch includes graph tracing)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -144,4 +122,20 @@ def plot_epoch_seconds(rows: Rows, out: Path) -> Path:
     ax.set_ylabel("seconds")
     ax.set_title("time per epoch")
     ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, out)
+    return fig
+
+
+def plot_history_files(run_dirs: list[str], out: str | None = None,
+                       metrics: tuple[str, ...] = (), log_loss: bool = False):
+    """Draw the curves of one or more runs into `out`, or else the run's own curves.png
+    (one run) or ./runs-history.png (several). Returns the file written."""
+    from mnist_seq.rundir import RunDir, save_figure
+
+    runs = [RunDir(r) for r in run_dirs]
+    fig = plot_curves({r.name: r.read_history() for r in runs},
+                      metrics or ("loss", "accuracy"), log_loss=log_loss)
+    if out is not None:
+        return save_figure(fig, out)
+    if len(runs) == 1:
+        return runs[0].save_figure(fig, RunDir.CURVES)
+    return save_figure(fig, "runs-history.png")

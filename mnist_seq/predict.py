@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mnist_seq.errors import MnistSeqError
+from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -130,15 +131,19 @@ def _load_npy(path: Path) -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def predict_files(model_path: str | Path, files: list[str | Path],
-                  save_input: str | Path | None = None, debug: bool = False,
+def predict_files(run_or_model: str | Path, files: list[str | Path],
+                  save_input: str | Path | None = None,
+                  options: RuntimeOptions = DEFAULT_OPTIONS,
                   top: int = 3) -> list[dict[str, Any]]:
-    """Top classes and probabilities for each image or array."""
+    """Top classes and probabilities for each image or array, from a finished run's model
+    or a .keras file."""
     from mnist_seq import backend
     from mnist_seq.evaluation import load_model, predict_proba
+    from mnist_seq.rundir import RunDir
 
+    _, model_path = RunDir.locate_model(run_or_model)
     inputs = [item for f in files for item in load_inputs(f)]
-    backend.setup("auto", debug=debug)
+    backend.setup(options)
     model = load_model(model_path)
     probs, _ = predict_proba(model, np.stack([digit for _, digit in inputs]))
     results = []

@@ -4,40 +4,32 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Any
 
-from mnist_seq import artifacts
-from mnist_seq.errors import MnistSeqError
-from mnist_seq.evaluation import CONFUSION_PNG, ERRORS_PNG, EVALUATION, evaluate
+from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.plotting import plot_epoch_seconds
+from mnist_seq.rundir import RunDir
 
-REPORT = "report.html"
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 9px;
 text-align:right}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:1em}"""
 
 
-def build_report(run_dir: str | Path, data_dir: str | Path | None = None,
-                 debug: bool = False) -> Path:
+def build_report(run_dir: str | Path, options: RuntimeOptions = DEFAULT_OPTIONS) -> Path:
     """Write RUN_DIR/report.html; evaluates the run first if it has not been evaluated."""
-    run_dir = Path(run_dir)
-    metrics_path = run_dir / artifacts.METRICS
-    if not metrics_path.is_file():
-        raise MnistSeqError(f"no {artifacts.METRICS} in {run_dir}: the report needs a "
-                            "finished run")
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    if (run_dir / EVALUATION).is_file():
-        evaluation = json.loads((run_dir / EVALUATION).read_text(encoding="utf-8"))
-    else:
-        evaluation = evaluate(run_dir, data_dir, debug=debug)
-    rows = artifacts.read_history(run_dir)
-    seconds_png = plot_epoch_seconds(rows, run_dir / "epoch-seconds.png")
-    config = (run_dir / artifacts.CONFIG).read_text(encoding="utf-8")
+    run = RunDir(run_dir).require_finished()
+    metrics = run.read_metrics()
+    evaluation = run.read_evaluation()
+    if evaluation is None:
+        from mnist_seq.evaluation import evaluate
+
+        evaluation = evaluate(run.path, options)
+    seconds_png = run.save_figure(plot_epoch_seconds(run.read_history()), RunDir.EPOCH_SECONDS)
+    config = run.read_config_text()
 
     parts = [
-        f"<h1>{_e(run_dir.name)}</h1>",
+        f"<h1>{_e(run.name)}</h1>",
         _table("Test figures", {
             "test accuracy": f"{evaluation['accuracy']:.4f}",
             "test loss": f"{evaluation['loss']:.4f}",
@@ -46,10 +38,10 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None,
                                         f"(epoch {metrics.get('best_epoch')})",
             "test samples": evaluation["samples"],
         }),
-        "<h2>Training curves</h2>", _img(run_dir / artifacts.CURVES),
+        "<h2>Training curves</h2>", _img(run / RunDir.CURVES),
         _per_class(evaluation),
-        "<h2>Confusion matrix</h2>", _img(run_dir / CONFUSION_PNG),
-        "<h2>Most confidently wrong test digits</h2>", _img(run_dir / ERRORS_PNG),
+        "<h2>Confusion matrix</h2>", _img(run / RunDir.CONFUSION),
+        "<h2>Most confidently wrong test digits</h2>", _img(run / RunDir.WORST_ERRORS),
         "<h2>Time per epoch</h2>", _img(seconds_png),
         _table("Speed, device and versions", {
             key: metrics.get(key) for key in (
@@ -60,11 +52,9 @@ def build_report(run_dir: str | Path, data_dir: str | Path | None = None,
         }),
         "<h2>Config</h2>", f"<pre>{_e(config)}</pre>",
     ]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(run_dir.name)}"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(run.name)}"
             f"</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
-    out = run_dir / REPORT
-    artifacts.write_text(out, page)
-    return out
+    return run.write_text(RunDir.REPORT, page)
 
 
 def _e(value: Any) -> str:

@@ -31,7 +31,7 @@ v = dict(kv.split("=") for kv in variant.split(",") if kv)
 if "onednn" in v:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
-from mnist_seq.backend import epochs_in_one_call, fuse_optimizer_updates, set_op_threads
+from mnist_seq.tf_speed import epochs_in_one_call, fuse_optimizer_updates, set_op_threads
 if "threads" in v:
     assert set_op_threads(*(int(t) for t in v["threads"].split(":")))
 from mnist_seq.config import load_config

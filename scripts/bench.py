@@ -180,9 +180,10 @@ def contender_cmd(who: str, name: str, cfg: dict, args, tmp: Path) -> list[str]:
 
 def parse_result(who: str, out: str, run_dir: Path | None) -> tuple[list[float], int]:
     if who == "mnist-seq":
-        rows = json.loads((run_dir / "history.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        return [r["seconds"] for r in rows], metrics["train_samples"]
+        from mnist_seq.rundir import RunDir
+
+        run = RunDir(run_dir)
+        return [r["seconds"] for r in run.read_history()], run.read_metrics()["train_samples"]
     data = json.loads(out.strip().splitlines()[-1])
     return data["epoch_seconds"], data["samples"]
 
@@ -273,16 +274,21 @@ def extras(env: dict[str, str], tmp: Path) -> dict[str, float]:
                  env)
     evals = []
     for _ in range(3):
-        code = ("import os,time,json;from mnist_seq import backend;backend.setup('cpu');"
+        code = ("import os,time,json;from mnist_seq import backend;"
+                "from mnist_seq.options import RuntimeOptions;"
+                "backend.setup(RuntimeOptions(device='cpu'));"
                 "from mnist_seq.evaluation import load_model, predict_proba;"
-                "from mnist_seq.data import load_mnist;"
+                "from mnist_seq.data import load_mnist;from mnist_seq.rundir import RunDir;"
                 "ds=load_mnist(os.environ['MNIST_SEQ_DATA']);"
-                f"m=load_model('{run_dir}/model.keras');predict_proba(m, ds.x_test[:512]);"
+                f"m=load_model(RunDir('{run_dir}') / RunDir.MODEL);"
+                "predict_proba(m, ds.x_test[:512]);"
                 "t=time.perf_counter();predict_proba(m, ds.x_test);"
                 "print(len(ds.x_test)/(time.perf_counter()-t))")
         evals.append(float(run_measured([sys.executable, "-c", code], env)[2]))
     # What the CPU's matrix units can do at best: a large float32 product, for scale.
-    code = ("import time;from mnist_seq import backend;backend.setup('cpu');"
+    code = ("import time;from mnist_seq import backend;"
+            "from mnist_seq.options import RuntimeOptions;"
+            "backend.setup(RuntimeOptions(device='cpu'));"
             "import tensorflow as tf;a=tf.random.normal((2048,2048));"
             "f=tf.function(lambda a:tf.matmul(a,a));f(a).numpy();t=time.perf_counter();"
             "[f(a) for _ in range(20)][-1].numpy();print(20*2*2048**3/(time.perf_counter()-t)/1e9)")

@@ -10,6 +10,6 @@ for name in ${configs[@]}; do
   start=$(date +%s.%N)
   mnist-seq train --model "$name" --runs-root "$root" --run-dir "$root/$name"
   end=$(date +%s.%N)
-  python3 -c "print(round($end - $start, 1))" > "$root/$name/wall_seconds.txt"
+  python3 -c "print(round($end - $start, 1))" > "$root/$name.wall-seconds"
 done
 python3 "$(dirname "$0")/results_table.py" "$root" ${configs[@]}

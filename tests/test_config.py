@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from mnist_seq.config import (
@@ -140,93 +135,10 @@ def test_fast_recipes_and_new_keys_validate():
         validate({"train": {"steps_per_execution": 0}})
 
 
-def test_auto_precision_keeps_lstms_and_gpus_in_float32(monkeypatch):
-    from mnist_seq import backend
-
-    monkeypatch.setattr(backend, "cpu_has_bf16", lambda: True)
-    assert backend.choose_precision("auto", "cnn", on_gpu=False) == "mixed_bfloat16"
-    assert backend.choose_precision("auto", "lstm", on_gpu=False) == "float32"
-    assert backend.choose_precision("auto", "mlp", on_gpu=False) == "float32"
-    assert backend.choose_precision("auto", "cnn", on_gpu=True) == "float32"
-    assert backend.choose_precision("mixed_float16", "lstm", on_gpu=True) == "mixed_float16"
-    monkeypatch.setattr(backend, "cpu_has_bf16", lambda: False)
-    assert backend.choose_precision("auto", "cnn", on_gpu=False) == "float32"
-
-
-@pytest.mark.parametrize(("on_gpu", "units", "recurrent_dropout", "unroll", "kernel"), [
-    (False, [128], 0.0, True, "generic, unrolled"),
-    (False, [128], 0.1, True, "generic, unrolled"),
-    (False, [128, 128], 0.0, True, "generic, unrolled"),
-    (True, [128], 0.0, False, "LSTM kernel: cuDNN"),
-    (True, [128], 0.1, False, "generic, because recurrent_dropout > 0"),
-])
-def test_training_says_which_lstm_kernel_runs(on_gpu, units, recurrent_dropout, unroll,
-                                              kernel):
-    from mnist_seq.train import speed_settings
-
-    config = validate({"model": {"type": "lstm", "units": units,
-                                 "recurrent_dropout": recurrent_dropout}})
-    speed = speed_settings(config, on_gpu=on_gpu)
-    assert speed["unroll"] is unroll
-    assert kernel in speed["line"] and speed["precision"] == "float32"
-
-
-def test_xla_is_off_on_cpus_unless_asked_for():
-    from mnist_seq import backend
-
-    assert backend.choose_xla("auto", on_gpu=False) is False
-    assert backend.choose_xla("auto", on_gpu=True) == "auto"
-    assert backend.choose_xla("disabled", on_gpu=True) is False
-    assert backend.choose_xla("enabled", on_gpu=False) is True
+def test_xla_setting_takes_only_its_choices():
     with pytest.raises(ConfigError, match=r"train.xla: got 'yes'"):
         validate({"train": {"xla": "yes"}})
     # YAML reads an unquoted yes/on as true: the message still lists the choices.
     with pytest.raises(ConfigError, match=r"train.xla: expected one of: auto, enabled, "
                                           r"disabled, got bool True"):
         validate({"train": {"xla": True}})
-
-
-def test_onednn_is_asked_for_unless_the_user_said_otherwise(monkeypatch):
-    from mnist_seq import backend
-
-    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
-    backend.setup("cpu")
-    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    backend.setup("cpu")
-    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
-
-
-@pytest.mark.slow
-def test_a_fresh_lstm_run_sizes_op_threads_and_reports_onednn_turned_off(data_dir, tmp_path):
-    # TensorFlow reads both when it starts, so this needs a fresh process.
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "MNIST_SEQ_DATA": str(data_dir)}
-    run = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_seq", "train", "--model", "lstm-single",
-         "--max-train-samples", "300", "--max-test-samples", "100", "--epochs", "1",
-         "--device", "cpu", "--run-dir", str(run)],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)" in result.stdout
-    intra = max(1, (os.cpu_count() or 2) // 2)
-    assert f"2 ops at a time, {intra} thread" in result.stdout
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["onednn"] is False
-    assert (metrics["intra_op_threads"], metrics["inter_op_threads"]) == (intra, 2)
-
-
-def test_op_threads_are_fixed_once_tensorflow_runs():
-    # A fresh process: in this one, earlier tests may have started TensorFlow already.
-    code = """
-import tensorflow as tf
-from mnist_seq import backend
-backend.setup("cpu")
-print(backend.set_op_threads(1, 2))
-tf.constant(1.0) + 1  # the runtime starts with the first op
-print(backend.set_op_threads(1, 2), backend.set_op_threads(2, 2))
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["True", "True", "False"]

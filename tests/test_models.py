@@ -16,8 +16,9 @@ MLP = (784 * 512 + 512) + (512 * 10 + 10)
 @pytest.mark.parametrize("name", sorted(bundled_configs()))
 def test_bundled_config_builds_and_predicts(name):
     from mnist_seq import backend
+    from mnist_seq.options import RuntimeOptions
 
-    backend.setup("cpu")
+    backend.setup(RuntimeOptions(device="cpu"))
     from mnist_seq.models import build_model
 
     model = build_model(load_config(name)["model"])
@@ -31,8 +32,9 @@ def test_bundled_config_builds_and_predicts(name):
 
 def test_lstm_reads_rows_as_timesteps():
     from mnist_seq import backend
+    from mnist_seq.options import RuntimeOptions
 
-    backend.setup("cpu")
+    backend.setup(RuntimeOptions(device="cpu"))
     from mnist_seq.models import build_model
 
     model = build_model(load_config("lstm")["model"])

@@ -112,6 +112,34 @@ def test_ctrl_c_saves_and_says_how_to_resume(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_restores_the_optimizer_state(data_dir, tmp_path, monkeypatch):
+    """Stopped after its first epoch and resumed, a run's learning-rate schedule goes on
+    from the optimizer's saved step: the same rate per epoch as a run never stopped."""
+    from mnist_seq import callbacks
+    from mnist_seq.errors import TrainingInterrupted
+
+    args = ["train", "--model", "mlp", *SMOKE, "--epochs", "3", "--set",
+            "train.lr_schedule=cosine", "--data-dir", str(data_dir)]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(*args, "--run-dir", str(straight)).exit_code == 0
+    save = callbacks.EpochCheckpoint.on_epoch_end
+
+    def save_then_stop(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise TrainingInterrupted("stopped after the first epoch")
+
+    monkeypatch.setattr(callbacks.EpochCheckpoint, "on_epoch_end", save_then_stop)
+    assert run(*args, "--run-dir", str(stopped)).exit_code == 130
+    monkeypatch.undo()
+    assert [p.name for p in (stopped / "backup").iterdir()] == ["epoch-1.weights.h5"]
+    result = run("train", "--resume", str(stopped), "--data-dir", str(data_dir))
+    assert result.exit_code == 0 and "after epoch 1 of 3" in result.output, result.output
+    rates = [[r["learning_rate"] for r in json.loads((d / "history.json").read_text())]
+             for d in (straight, stopped)]
+    assert rates[0] == pytest.approx(rates[1], rel=1e-6) and rates[0][0] > rates[0][1] > 0
+
+
+@pytest.mark.slow
 def test_diverging_run_stops_with_a_message(data_dir, tmp_path):
     run_dir = tmp_path / "diverged"
     result = run("train", "--model", "mlp", *SMOKE, "--learning-rate", "1e3", "--data-dir",

@@ -1,104 +1,102 @@
-"""Speed settings that change how training computes must not change what it computes."""
+"""The speed plan: a pure decision from (config, machine, backend, distributed)."""
 
 from __future__ import annotations
 
-import numpy as np
+import subprocess
+import sys
+
 import pytest
 
 from mnist_seq.config import validate
+from mnist_seq.speed import Machine, choose_precision, choose_xla, plan_speed
+
+CPU = Machine(gpu=False, cores=2, bf16=True, onednn=True)
+GPU = Machine(gpu=True, cores=16)
 
 
-def _train(cfg, fused: bool = False, one_call: bool = False):
-    import keras
-
-    from mnist_seq import backend
-    from mnist_seq.train import compile_model
-
-    rng = np.random.default_rng(0)
-    # 60 samples: three batches of 16 and a last one of 12.
-    x, y = rng.random((60, 28, 28), dtype="float32"), np.arange(60) % 10
-    keras.utils.set_random_seed(0)
-    model = compile_model(cfg, len(x))
-    if fused:
-        assert backend.fuse_optimizer_updates(model.optimizer, model.trainable_variables)
-    data = {"x": x, "y": y, "batch_size": 16}
-    if one_call:
-        data = {"x": backend.epochs_in_one_call(model, x, y, 16, seed=0)}
-    history = model.fit(**data, epochs=2, verbose=0, shuffle=False).history
-    return model.get_weights() + [v.numpy() for v in model.optimizer.variables], history
+def plan(model_type: str, machine: Machine = CPU, backend: str = "tensorflow",
+         distributed: bool = False, **model):
+    config = validate({"model": {"type": model_type, **model}})
+    return plan_speed(config, machine, backend, distributed)
 
 
-@pytest.mark.parametrize(("model_type", "optimizer", "schedule"), [
-    ("mlp", "rmsprop", "constant"),
-    ("mlp", "adam", "cosine"),
-    ("cnn", "adamw", "onecycle"),
+def test_auto_precision_keeps_lstms_and_gpus_in_float32():
+    assert choose_precision("auto", "cnn", CPU) == "mixed_bfloat16"
+    assert choose_precision("auto", "lstm", CPU) == "float32"
+    assert choose_precision("auto", "mlp", CPU) == "float32"
+    assert choose_precision("auto", "cnn", GPU) == "float32"
+    assert choose_precision("mixed_float16", "lstm", GPU) == "mixed_float16"
+    assert choose_precision("auto", "cnn", Machine(gpu=False, bf16=False)) == "float32"
+
+
+def test_xla_is_off_for_tensorflow_on_cpus_unless_asked_for():
+    assert choose_xla("auto", on_gpu=False) is False
+    assert choose_xla("auto", on_gpu=True) == "auto"
+    assert choose_xla("auto", on_gpu=False, backend="jax") == "auto"
+    assert choose_xla("disabled", on_gpu=True) is False
+    assert choose_xla("enabled", on_gpu=False) is True
+
+
+@pytest.mark.parametrize(("machine", "units", "recurrent_dropout", "unroll", "kernel"), [
+    (CPU, [128], 0.0, True, "generic, unrolled"),
+    (CPU, [128], 0.1, True, "generic, unrolled"),
+    (CPU, [128, 128], 0.0, True, "generic, unrolled"),
+    (GPU, [128], 0.0, False, "LSTM kernel: cuDNN"),
+    (GPU, [128], 0.1, False, "generic, because recurrent_dropout > 0"),
 ])
-def test_fused_optimizer_updates_match_keras(model_type, optimizer, schedule):
-    from mnist_seq import backend
-
-    backend.setup("cpu")
-    cfg = validate({"model": {"type": model_type},
-                    "train": {"optimizer": optimizer, "lr_schedule": schedule, "epochs": 2,
-                              "batch_size": 16, "steps_per_execution": 4}})
-    (plain, _), (fused, _) = _train(cfg), _train(cfg, fused=True)
-    assert len(plain) == len(fused)  # the same weights and optimizer state, nothing added
-    for a, b in zip(plain, fused, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    # The updates did move the weights: equal because the arithmetic is, not because idle.
-    init = _initial_weights(cfg)
-    assert any(not np.allclose(a, b) for a, b in zip(plain[:len(init)], init, strict=True))
+def test_the_plan_says_which_lstm_kernel_runs(machine, units, recurrent_dropout, unroll,
+                                              kernel):
+    p = plan("lstm", machine, units=units, recurrent_dropout=recurrent_dropout)
+    assert p.unroll is unroll
+    assert kernel in p.line and p.precision == "float32"
 
 
-def test_epochs_in_one_call_train_as_keras_does(monkeypatch):
-    """The same batches in the same order (shuffling turned off here) give the same
-    weights, optimizer state (its step count too) and per-epoch figures as Keras's fit."""
-    import keras
-
-    from mnist_seq import backend
-
-    backend.setup("cpu")
-    cfg = validate({"model": {"type": "mlp"}, "train": {"epochs": 2, "batch_size": 16}})
-    plain, plain_history = _train(cfg)
-    monkeypatch.setattr(keras.random, "shuffle", lambda x, seed=None: x)
-    one_call, one_call_history = _train(cfg, one_call=True)
-    assert len(plain) == len(one_call)
-    for a, b in zip(plain, one_call, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    assert plain_history.keys() == one_call_history.keys()
-    for key, values in plain_history.items():
-        np.testing.assert_allclose(values, one_call_history[key], atol=1e-6)
-
-
-def _initial_weights(cfg):
-    import keras
-
-    from mnist_seq.train import compile_model
-
-    keras.utils.set_random_seed(0)
-    return compile_model(cfg, 60).get_weights()
-
-
-def test_optimizers_without_a_fused_op_are_left_alone():
-    import keras
-
-    from mnist_seq import backend
-
-    backend.setup("cpu")
-    opt = keras.optimizers.SGD(learning_rate=0.1)
-    assert backend.fuse_optimizer_updates(opt, []) is False
-    assert "update_step" not in vars(opt)
-    opt = keras.optimizers.Adam(amsgrad=True)
-    assert backend.fuse_optimizer_updates(opt, []) is False
-
-
-@pytest.mark.parametrize(("model_type", "on_gpu", "fused", "one_call"), [
-    ("mlp", False, True, True), ("mlp", True, False, False), ("cnn", False, True, False),
-    ("cnn", True, False, False), ("lstm", False, False, False),
+@pytest.mark.parametrize(("model_type", "machine", "fused", "one_call"), [
+    ("mlp", CPU, True, True), ("mlp", GPU, False, False), ("cnn", CPU, True, False),
+    ("cnn", GPU, False, False), ("lstm", CPU, False, False),
 ])
-def test_small_step_settings_go_where_they_paid_on_a_cpu(model_type, on_gpu, fused, one_call):
-    from mnist_seq.train import speed_settings
+def test_small_step_tricks_go_where_they_paid_on_a_cpu(model_type, machine, fused, one_call):
+    p = plan(model_type, machine)
+    assert p.fused_updates is fused and p.one_call_epochs is one_call
+    assert ("each epoch in one call" in p.line) is one_call
+    assert ("64 steps per execution" in p.line) is not one_call
+    assert (p.steps_per_execution == 1) is one_call
+    assert ("fused" in p.line) is fused
+    assert (p.validation_batch is not None) is one_call
 
-    speed = speed_settings(validate({"model": {"type": model_type}}), on_gpu=on_gpu)
-    assert speed["fuse_updates"] is fused and speed["one_call_epochs"] is one_call
-    assert ("each epoch in one call" in speed["line"]) is one_call
-    assert ("64 steps per execution" in speed["line"]) is not one_call
+
+def test_the_line_describes_the_whole_plan():
+    p = plan("mlp")  # the default optimizer, Adam
+    assert p.line == ("precision float32, each epoch in one call, batches sliced in the graph, "
+                      "XLA off, oneDNN on, fused Adam updates")
+    p = plan("lstm", Machine(gpu=False, cores=4, onednn=False, onednn_user_off=True))
+    assert p.op_threads == (2, 2)
+    assert p.line == ("precision float32, 64 steps per execution, XLA off, 2 ops at a time, "
+                      "2 threads each, oneDNN off (TF_ENABLE_ONEDNN_OPTS=0), LSTM kernel: "
+                      "generic, unrolled over the 28 rows (CPU; cuDNN needs a GPU)")
+    sgd = plan_speed(validate({"model": {"type": "cnn"}, "train": {"optimizer": "sgd"}}), CPU)
+    assert not sgd.fused_updates and "fused" not in sgd.line
+
+
+@pytest.mark.parametrize(("backend", "distributed"), [("jax", False), ("tensorflow", True),
+                                                      ("jax", True)])
+@pytest.mark.parametrize("model_type", ["mlp", "cnn", "lstm"])
+def test_no_tensorflow_trick_off_tensorflow_or_under_a_distribution(model_type, backend,
+                                                                    distributed):
+    p = plan(model_type, CPU, backend, distributed)
+    assert not (p.fused_updates or p.one_call_epochs or p.op_threads)
+    assert p.steps_per_execution == 64 and p.validation_batch is None
+    # What Keras itself offers everywhere stays: unrolled LSTMs and bfloat16 CNNs on a CPU.
+    assert p.unroll is (model_type == "lstm")
+    assert p.precision == ("mixed_bfloat16" if model_type == "cnn" else "float32")
+
+
+def test_planning_loads_nothing():
+    # A fresh process: in this one, earlier tests may have loaded Keras already.
+    code = ("import sys; from mnist_seq.config import load_config; "
+            "from mnist_seq.speed import Machine, plan_speed; "
+            "[plan_speed(load_config(n), Machine(gpu=False)) for n in ('mlp', 'cnn', 'lstm')]; "
+            "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,134 @@
+"""The Keras callbacks of a training run, and the Ctrl-C handler they work with.
+
+At the end of each epoch, in list order: `Guard` checks the loss, `HistoryRecorder`
+records and writes the epoch, `BestModel` keeps best.keras, `EpochCheckpoint` saves
+the state a resume starts from. An epoch in the history with no checkpoint after it
+(killed in between) is trained again on resume (`RunDir.resume_point`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import keras
+
+from mnist_seq.errors import TrainingDiverged, TrainingInterrupted
+from mnist_seq.rundir import Rows, RunDir
+
+# Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss past this means the
+# true class gets probability e^-1000: the weights have blown up, NaN or not.
+DIVERGED_LOSS = 1e3
+
+
+class Guard(keras.callbacks.Callback):
+    """Stops at the end of a batch after Ctrl-C, or at the first diverged loss."""
+
+    def __init__(self, run: RunDir, rows: Rows):
+        super().__init__()
+        self.run, self.rows = run, rows
+        self.interrupted = False
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss) or loss > DIVERGED_LOSS:
+            # Epochs trained in one call (the MLP's on a CPU) report once, at their end.
+            where = f"epoch {self.epoch + 1}" + (
+                f", batch {batch + 1}" if self.params.get("steps") != 1 else "")
+            best = self.run / RunDir.BEST_MODEL
+            kept = (f"The last good model is kept in {best}." if best.is_file()
+                    else "No epoch finished, so no model was kept.")
+            raise TrainingDiverged(
+                f"training diverged: the loss became {loss:.4g} in {where} "
+                f"(a model that guesses scores {math.log(10):.2f}); "
+                f"try a lower train.learning_rate. {kept}")
+        if self.interrupted:
+            raise TrainingInterrupted(
+                f"interrupted in epoch {self.epoch + 1}; {len(self.rows)} completed epochs are "
+                f"saved. Resume with: mnist-seq train --resume {self.run.path}")
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Adds the learning rate and the epoch's seconds to its logs, appends the epoch to
+    `rows` and rewrites the history files, so a run in progress can be plotted."""
+
+    def __init__(self, run: RunDir, rows: Rows):
+        super().__init__()
+        self.run, self.rows = run, rows
+        self.start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Measured first, so the saving done by the callbacks after this one is left out.
+        seconds = round(time.perf_counter() - self.start, 3)
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(
+            self.model.optimizer.learning_rate))
+        logs["seconds"] = seconds
+        self.rows.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
+        self.run.write_history(self.rows)
+
+
+class BestModel(keras.callbacks.Callback):
+    """Saves best.keras whenever validation accuracy improves; after a resume it starts
+    from the best figure so far, so it never replaces the model with a worse one."""
+
+    def __init__(self, run: RunDir, rows: Rows):
+        super().__init__()
+        self.run = run
+        self.best = max((r.get("val_accuracy", -1.0) for r in rows), default=-1.0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        acc = (logs or {}).get("val_accuracy")
+        if acc is not None and acc > self.best:
+            self.best = acc
+            self.run.save_model(self.model, RunDir.BEST_MODEL)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the weights and the optimizer state (so the learning-rate schedule's step
+    too) after every epoch, with Keras's own `save_weights`; restores `restore`, if
+    given, when training begins."""
+
+    def __init__(self, run: RunDir, restore: Path | None = None):
+        super().__init__()
+        self.run, self.restore = run, restore
+
+    def on_train_begin(self, logs=None):
+        if self.restore is not None:
+            if not self.model.optimizer.built:  # its slots must exist to be loaded into
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.restore)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.save_checkpoint(self.model, epoch + 1)
+
+
+@contextlib.contextmanager
+def first_ctrl_c_stops(guard: Guard):
+    """The first Ctrl-C asks the guard to stop after the current batch; a second one
+    interrupts at once, as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        guard.interrupted = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

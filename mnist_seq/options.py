@@ -1,0 +1,28 @@
+"""Runtime options: how and where a command runs, as opposed to what it trains (the config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Options every command that loads Keras shares.
+
+    device: auto, cpu or gpu. debug: TensorFlow's logs and full tracebacks.
+    data_dir: where MNIST is (before $MNIST_SEQ_DATA and the config's data.dir).
+    tensorboard: also write TensorBoard logs (train). command: the command line, recorded
+    in metrics.json.
+    """
+
+    device: str = "auto"
+    debug: bool = False
+    data_dir: str | Path | None = None
+    tensorboard: bool = False
+    command: str = ""
+
+
+DEFAULT_OPTIONS = RuntimeOptions()

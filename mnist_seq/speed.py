@@ -1,0 +1,187 @@
+"""How a run trains fast: a plan decided from facts, then applied.
+
+`plan_speed` is a pure function from (config, machine, backend, distributed) to
+a `SpeedPlan` with the line that describes it; `apply_before_build`,
+`apply_to_model` and `fit_inputs` carry the plan out. The TensorFlow-only tricks
+(op threads, fused optimizer updates, one-call epochs) live in `tf_speed` and are
+planned only for TensorFlow on a CPU in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_seq.config import OPTIMIZERS
+
+# Optimizers whose update has a fused TensorFlow op (tf_speed.fuse_optimizer_updates).
+FUSABLE = ("adam", "adamw", "rmsprop")
+# Validation batch for one-call epochs: bigger batches cost the MLP less per epoch, with
+# the same figures but for float rounding.
+ONE_CALL_VAL_BATCH = 2048
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Facts about where a run trains."""
+
+    gpu: bool
+    cores: int = 2
+    bf16: bool = False  # the CPU computes bfloat16 natively (AVX512-BF16 or AMX)
+    onednn: bool | None = None  # TensorFlow's oneDNN CPU kernels run (None: cannot say)
+    onednn_user_off: bool = False  # ... because TF_ENABLE_ONEDNN_OPTS=0
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    precision: str  # Keras dtype policy
+    unroll: bool  # LSTMs written out over the 28 rows
+    jit_compile: bool | str  # XLA: True, False, or "auto" (Keras decides)
+    steps_per_execution: int
+    op_threads: tuple[int, int] | None  # (intra, inter) for TensorFlow, None: its default
+    fused_updates: bool  # one TensorFlow op per optimizer update
+    one_call_epochs: bool  # each epoch in one TensorFlow call
+    validation_batch: int | None  # None: the training batch
+    line: str  # the plan in words, for the Speed: line
+
+
+def machine_facts(on_gpu: bool, backend: str) -> Machine:
+    """What the plan needs to know about this machine (Keras must be set up)."""
+    onednn = None
+    if backend == "tensorflow" and not on_gpu:
+        from mnist_seq.backend import onednn_enabled
+
+        onednn = onednn_enabled()
+    return Machine(gpu=on_gpu, cores=os.cpu_count() or 1, bf16=cpu_has_bf16(), onednn=onednn,
+                   onednn_user_off=os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively; elsewhere it is emulated, and slower
+    than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_precision(setting: str, model_type: str, machine: Machine) -> str:
+    """Resolve `train.precision: auto`. Measured on a 2-core AVX512-BF16 CPU: bfloat16
+    made LeNet about 1.6x faster and the MLP no faster; LSTMs stay float32 (bf16 hurts
+    their recurrence)."""
+    if setting != "auto":
+        return setting
+    if model_type == "cnn" and not machine.gpu and machine.bf16:
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def choose_xla(setting: str, on_gpu: bool, backend: str = "tensorflow") -> bool | str:
+    """Resolve `train.xla` into Keras's `jit_compile`. "auto" leaves XLA off for
+    TensorFlow on a CPU: on this project's 2-core CPU it made LeNet several times
+    slower (XLA's CPU convolutions lose to oneDNN), the looped LSTM slower than the
+    unrolled one without XLA, and the MLP 1.2-1.5x faster per epoch but about 1 s
+    slower to start, about even over its 5 epochs, with a lower seed-0 accuracy
+    (README, Performance). Elsewhere "auto" leaves it to Keras: on a GPU, XLA except
+    where a layer cannot be compiled (the cuDNN LSTM)."""
+    if setting != "auto":
+        return setting == "enabled"
+    return "auto" if on_gpu or backend != "tensorflow" else False
+
+
+def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorflow",
+               distributed: bool = False) -> SpeedPlan:
+    """Decide how this run trains fast. Pure: it sets nothing."""
+    mcfg, tcfg = config["model"], config["train"]
+    kind = mcfg["type"]
+    tf_cpu = backend == "tensorflow" and not machine.gpu and not distributed
+    precision = choose_precision(tcfg["precision"], kind, machine)
+    # On a CPU, unrolling the 28 steps beats Keras's while-loop: the 3-layer LSTM
+    # trained 1.39x faster per epoch for 2.6 s more compiling (README, Performance).
+    # On a GPU the cuDNN kernel is faster still, and unrolling would rule it out.
+    unroll = kind == "lstm" and not machine.gpu
+    xla = choose_xla(tcfg["xla"], machine.gpu, backend)
+    # The unrolled graph has many small ops that do not depend on each other (layer 2
+    # at row t beside layer 1 at row t+1): on 2 cores, two ops at once on one thread
+    # each beat one op at a time on two threads in every paired A/B here; the CNN and
+    # the MLP, with few big ops, were slower or even (README, Performance).
+    op_threads = (max(1, machine.cores // 2), 2) if unroll and tf_cpu else None
+    # The MLP's steps are so small that fixed costs per batch rule its speed on a CPU:
+    # each epoch in one TensorFlow call, on batches sliced inside the graph (1.15x here,
+    # 1.25x with validation in batches of 2048; LeNet gained nothing from it). Fused
+    # optimizer updates paid for the MLP and LeNet, 1.14x each (LeNet's Adam state is
+    # 1.3M floats that ten or so ops read and write per step otherwise). LSTMs' steps
+    # are ruled by many small recurrent ops: not measured, left as they were.
+    one_call = kind == "mlp" and tf_cpu
+    fused = kind in ("mlp", "cnn") and tf_cpu and tcfg["optimizer"] in FUSABLE
+    spe = 1 if one_call else tcfg["steps_per_execution"]
+
+    notes = [f"precision {precision}",
+             "each epoch in one call, batches sliced in the graph" if one_call else
+             f"{spe} steps per execution",
+             {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]]
+    if op_threads:
+        intra = op_threads[0]
+        notes.append(f"2 ops at a time, {intra} thread{'s' if intra > 1 else ''} each")
+    if machine.onednn is not None and not machine.gpu:
+        notes.append("oneDNN on" if machine.onednn else
+                     "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
+                                     else ""))
+    if kind == "lstm":
+        if unroll:
+            notes.append("LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs "
+                         "a GPU)")
+        elif mcfg["recurrent_dropout"]:
+            notes.append("LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN")
+        else:
+            notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
+    if fused:
+        notes.append(f"fused {OPTIMIZERS[tcfg['optimizer']]} updates")
+    return SpeedPlan(precision=precision, unroll=unroll, jit_compile=xla,
+                     steps_per_execution=spe, op_threads=op_threads, fused_updates=fused,
+                     one_call_epochs=one_call,
+                     validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
+                     line=", ".join(notes))
+
+
+def apply_before_build(plan: SpeedPlan) -> list[str]:
+    """Carry out the process-wide parts of the plan (precision policy, op threads) before
+    the model is built. Returns notes on what could not be done."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(plan.precision)
+    notes = []
+    if plan.op_threads:
+        from mnist_seq import tf_speed
+
+        if not tf_speed.set_op_threads(*plan.op_threads):
+            notes.append("op threads left as they were: TensorFlow had started already in "
+                         "this process")
+    return notes
+
+
+def apply_to_model(plan: SpeedPlan, model) -> list[str]:
+    """Carry out the parts of the plan that change a compiled model (fused updates).
+    Returns notes on what could not be done."""
+    if not plan.fused_updates:
+        return []
+    from mnist_seq import tf_speed
+
+    if tf_speed.fuse_optimizer_updates(model.optimizer, model.trainable_variables):
+        return []
+    return ["fused optimizer updates skipped: this Keras release lacks the optimizer slots "
+            "they use; training runs Keras's own updates"]
+
+
+def fit_inputs(plan: SpeedPlan, model, x, y, batch_size: int, seed: int) -> dict[str, Any]:
+    """The training data as `model.fit` keyword arguments, in the form the plan wants."""
+    if plan.one_call_epochs:
+        from mnist_seq import tf_speed
+
+        # Shuffled inside each call, so Keras is told not to shuffle.
+        return {"x": tf_speed.epochs_in_one_call(model, x, y, batch_size, seed),
+                "shuffle": False}
+    return {"x": x, "y": y, "batch_size": batch_size}

@@ -1,0 +1,125 @@
+"""TensorFlow-only speed tricks for training on a CPU in one process.
+
+Only `speed.apply_*` calls these, and only when the speed plan says so: for the
+TensorFlow backend, on a CPU, in a single process. A run on another backend, on
+a GPU or under a distribution never touches this module.
+
+Two tricks reach into Keras: fused updates read the optimizer's slot variables
+(`_get_variable_index`, `_momentums`, `_velocities`), and one-call epochs replace
+`train_step` on one model instance. `keras_internals_present` checks that surface;
+tests/test_tf_speed.py fails loudly when a Keras release changes it, and the
+fused updates are then skipped rather than run on a guess.
+"""
+
+from __future__ import annotations
+
+
+def set_op_threads(intra: int, inter: int) -> bool:
+    """Size TensorFlow's thread pools: `intra` threads inside one op, `inter` ops at once.
+    Returns False when TensorFlow has started running ops in this process already
+    (the pools are fixed then) and they differ."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        return False
+    return True
+
+
+def keras_internals_present(optimizer) -> bool:
+    """Whether the optimizer (built) exposes the slot variables the fused updates use."""
+    import keras
+
+    slots = ["_velocities"]
+    if isinstance(optimizer, keras.optimizers.Adam):
+        slots.append("_momentums")
+    return hasattr(optimizer, "_get_variable_index") and all(
+        isinstance(getattr(optimizer, s, None), list) for s in slots)
+
+
+def fuse_optimizer_updates(optimizer, variables) -> bool:
+    """Make Adam (AdamW) or RMSprop update each variable with one fused TensorFlow op
+    (ResourceApplyAdam / ResourceApplyRMSProp, the same arithmetic) instead of Keras's
+    ten or so small ops. The optimizer stays Keras's own class with its own state, so
+    saved models and checkpoints are unchanged. Returns False, changing nothing, for
+    other optimizers and options (AMSGrad, momentum, centered RMSprop), or when this
+    Keras release no longer has the slots it reads."""
+    import keras
+    import tensorflow as tf
+
+    adam = isinstance(optimizer, keras.optimizers.Adam) and not optimizer.amsgrad
+    rmsprop = (isinstance(optimizer, keras.optimizers.RMSprop) and not optimizer.momentum
+               and not optimizer.centered)
+    if not (adam or rmsprop):
+        return False
+    optimizer.build(variables)
+    if not keras_internals_present(optimizer):
+        return False
+
+    def slot(name: str, variable):
+        return getattr(optimizer, name)[optimizer._get_variable_index(variable)].value.handle
+
+    if adam:
+        def update_step(gradient, variable, learning_rate):
+            dtype = variable.dtype
+            step = tf.cast(optimizer.iterations + 1, dtype)
+            beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+            tf.raw_ops.ResourceApplyAdam(
+                var=variable.handle, m=slot("_momentums", variable),
+                v=slot("_velocities", variable),
+                beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+                lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
+                epsilon=tf.cast(optimizer.epsilon, dtype), grad=tf.cast(gradient, dtype))
+    else:
+        # TensorFlow's kernel writes its step into a momentum buffer; with momentum 0
+        # that buffer holds no state, so it is scratch space outside the optimizer's
+        # (saved) variables.
+        scratch = [tf.Variable(tf.zeros_like(v.value if hasattr(v, "value") else v),
+                               trainable=False) for v in variables]
+
+        def update_step(gradient, variable, learning_rate):
+            dtype = variable.dtype
+            tf.raw_ops.ResourceApplyRMSProp(
+                var=variable.handle, ms=slot("_velocities", variable),
+                mom=scratch[optimizer._get_variable_index(variable)].handle,
+                lr=tf.cast(learning_rate, dtype), rho=tf.cast(optimizer.rho, dtype),
+                momentum=tf.cast(0.0, dtype), epsilon=tf.cast(optimizer.epsilon, dtype),
+                grad=tf.cast(gradient, dtype))
+    optimizer.update_step = update_step  # this instance only: Keras calls it per variable
+    return True
+
+
+def epochs_in_one_call(model, x, y, batch_size: int, seed: int):
+    """Make `model.fit` train each epoch in one TensorFlow call; returns the dataset to
+    fit on (`x`, `y` held in memory as one element, so fit counts one step per epoch).
+
+    Each call shuffles, then runs Keras's own `train_step` on every batch in a graph
+    loop. The usual path hands each batch over from tf.data's threads, a fixed cost
+    per batch that tells where the batch's arithmetic is small: the MLP's epochs ran
+    1.15x faster this way on 2 cores (README, Performance). The model and what it
+    saves are unchanged; only this instance's `train_step` is replaced. Keras's
+    callbacks then see one batch per epoch."""
+    import keras
+    import tensorflow as tf
+
+    keras_step = model.train_step
+    seeds = keras.random.SeedGenerator(seed)
+
+    def train_step(data):
+        x, y = data
+        n = tf.shape(x)[0]
+        order = keras.random.shuffle(tf.range(n), seed=seeds)
+
+        def one_batch(start):
+            idx = order[start:start + batch_size]
+            keras_step((tf.gather(x, idx), tf.gather(y, idx)))
+            return start + batch_size
+
+        end = tf.while_loop(lambda start: start < n, one_batch, [tf.constant(0)])
+        with tf.control_dependencies(end):
+            return model.get_metrics_result()
+
+    model.train_step = train_step
+    return tf.data.Dataset.from_tensors((x, y))

@@ -1,0 +1,154 @@
+"""TensorFlow's CPU tricks change how training computes, never what it computes; and the
+Keras internals they lean on are still there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnist_seq.config import validate
+
+
+@pytest.fixture(autouse=True)
+def _keras_on_the_cpu():
+    from mnist_seq import backend
+    from mnist_seq.options import RuntimeOptions
+
+    backend.setup(RuntimeOptions(device="cpu"))
+
+
+def _train(cfg, fused: bool = False, one_call: bool = False):
+    import keras
+
+    from mnist_seq import tf_speed
+    from mnist_seq.train import compile_model
+
+    rng = np.random.default_rng(0)
+    # 60 samples: three batches of 16 and a last one of 12.
+    x, y = rng.random((60, 28, 28), dtype="float32"), np.arange(60) % 10
+    keras.utils.set_random_seed(0)
+    model = compile_model(cfg, len(x))
+    if fused:
+        assert tf_speed.fuse_optimizer_updates(model.optimizer, model.trainable_variables)
+    data = {"x": x, "y": y, "batch_size": 16}
+    if one_call:
+        data = {"x": tf_speed.epochs_in_one_call(model, x, y, 16, seed=0)}
+    history = model.fit(**data, epochs=2, verbose=0, shuffle=False).history
+    return model.get_weights() + [v.numpy() for v in model.optimizer.variables], history
+
+
+def _initial_weights(cfg):
+    import keras
+
+    from mnist_seq.train import compile_model
+
+    keras.utils.set_random_seed(0)
+    return compile_model(cfg, 60).get_weights()
+
+
+@pytest.mark.parametrize(("model_type", "optimizer", "schedule"), [
+    ("mlp", "rmsprop", "constant"),
+    ("mlp", "adam", "cosine"),
+    ("cnn", "adamw", "onecycle"),
+])
+def test_fused_optimizer_updates_match_keras(model_type, optimizer, schedule):
+    cfg = validate({"model": {"type": model_type},
+                    "train": {"optimizer": optimizer, "lr_schedule": schedule, "epochs": 2,
+                              "batch_size": 16, "steps_per_execution": 4}})
+    (plain, _), (fused, _) = _train(cfg), _train(cfg, fused=True)
+    assert len(plain) == len(fused)  # the same weights and optimizer state, nothing added
+    for a, b in zip(plain, fused, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # The updates did move the weights: equal because the arithmetic is, not because idle.
+    init = _initial_weights(cfg)
+    assert any(not np.allclose(a, b) for a, b in zip(plain[:len(init)], init, strict=True))
+
+
+def test_epochs_in_one_call_train_as_keras_does(monkeypatch):
+    """The same batches in the same order (shuffling turned off here) give the same
+    weights, optimizer state (its step count too) and per-epoch figures as Keras's fit."""
+    import keras
+
+    cfg = validate({"model": {"type": "mlp"}, "train": {"epochs": 2, "batch_size": 16}})
+    plain, plain_history = _train(cfg)
+    monkeypatch.setattr(keras.random, "shuffle", lambda x, seed=None: x)
+    one_call, one_call_history = _train(cfg, one_call=True)
+    assert len(plain) == len(one_call)
+    for a, b in zip(plain, one_call, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert plain_history.keys() == one_call_history.keys()
+    for key, values in plain_history.items():
+        np.testing.assert_allclose(values, one_call_history[key], atol=1e-6)
+
+
+def test_optimizers_without_a_fused_op_are_left_alone():
+    import keras
+
+    from mnist_seq import tf_speed
+
+    opt = keras.optimizers.SGD(learning_rate=0.1)
+    assert tf_speed.fuse_optimizer_updates(opt, []) is False
+    assert "update_step" not in vars(opt)
+    opt = keras.optimizers.Adam(amsgrad=True)
+    assert tf_speed.fuse_optimizer_updates(opt, []) is False
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "RMSprop"])
+def test_the_keras_internals_fused_updates_read_are_there(name):
+    """Fails when a Keras release renames or reshapes the optimizer slots: then
+    fuse_optimizer_updates falls back to Keras's own updates, and this says why."""
+    import keras
+
+    from mnist_seq import tf_speed
+
+    variables = [keras.Variable(np.zeros((3, 2), "float32")),
+                 keras.Variable(np.zeros(5, "float32"))]
+    opt = getattr(keras.optimizers, name)()
+    opt.build(variables)
+    assert tf_speed.keras_internals_present(opt), f"keras {keras.__version__} changed {name}"
+    slots = ["_velocities"] + (["_momentums"] if name != "RMSprop" else [])
+    for i, v in enumerate(variables):
+        assert opt._get_variable_index(v) == i
+        for slot in slots:
+            held = getattr(opt, slot)[i]
+            assert tuple(held.shape) == tuple(v.shape) and held.value.handle.dtype == "resource"
+    # One-call epochs call the public train_step and get_metrics_result of a model.
+    assert callable(keras.Model.train_step) and callable(keras.Model.get_metrics_result)
+
+
+def test_a_changed_keras_surface_means_plain_keras_updates():
+    import keras
+
+    from mnist_seq import tf_speed
+
+    class Renamed(keras.optimizers.Adam):
+        """As if a Keras release had renamed the second-moment slots."""
+
+        def build(self, variables):
+            super().build(variables)
+            self._second_moments = self.__dict__.pop("_velocities")
+
+    opt = Renamed()
+    assert tf_speed.fuse_optimizer_updates(opt, [keras.Variable(np.zeros(3, "float32"))]) \
+        is False
+    assert "update_step" not in vars(opt)
+
+
+def test_op_threads_are_fixed_once_tensorflow_runs():
+    # A fresh process: in this one, earlier tests may have started TensorFlow already.
+    code = """
+import tensorflow as tf
+from mnist_seq import backend, tf_speed
+from mnist_seq.options import RuntimeOptions
+backend.setup(RuntimeOptions(device="cpu"))
+print(tf_speed.set_op_threads(1, 2))
+tf.constant(1.0) + 1  # the runtime starts with the first op
+print(tf_speed.set_op_threads(1, 2), tf_speed.set_op_threads(2, 2))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "False"]
