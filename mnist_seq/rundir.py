@@ -316,8 +316,9 @@ class RunDir:
         return folder / INSPECT_FILES[kind].format(tag=tag)
 
     def _target(self, name: str | Path) -> Path:
-        return Path(name) if Path(name).is_absolute() or Path(name).parent != Path(".") \
-            else self / str(name)
+        """A file name (str) is in this folder; a Path (from inspect_file, checkpoint) is
+        already where it goes."""
+        return name if isinstance(name, Path) else self / name
 
     # -- resume state -----------------------------------------------------------------
 
