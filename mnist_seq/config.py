@@ -116,7 +116,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     if data is None:
-        return {}
+        # Every key has a default, but a run of nothing but defaults from an empty file
+        # is far more likely a wrong or unsaved file than a wish.
+        raise ConfigError(f"{path}: the config file is empty (no settings, only comments "
+                          "or blank lines); expected sections model/train/data")
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: expected a mapping with sections model/train/data, "

@@ -120,9 +120,15 @@ class RunDir:
             if Path(run_dir).exists():
                 raise RunDirError(f"run folder already exists: {run_dir}; give a new --run-dir "
                                   "(mnist-seq never overwrites a run)")
-            return cls(run_dir, writer=writer)
-        run = cls(Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", writer=writer)
-        run._timestamped = True
+            run = cls(run_dir, writer=writer)
+        else:
+            run = cls(Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", writer=writer)
+            run._timestamped = True
+        # Said now, not after minutes of loading and compiling.
+        existing = next(p for p in run.path.absolute().parents if p.exists())
+        if writer and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+            why = "Not a directory" if not existing.is_dir() else "Permission denied"
+            raise RunDirError(f"cannot create run folder {run.path}: {why} ({existing})")
         return run
 
     def create(self) -> RunDir:

@@ -107,6 +107,10 @@ def test_file_errors(tmp_path):
     bad.write_text("model:\n  type: lstm\n  units: [128, 128\ntrain: {}\n")
     with pytest.raises(ConfigError, match=r"malformed YAML at line \d+, column \d+"):
         read_yaml(bad)
+    for empty in ("", "# only a comment\n\n"):
+        bad.write_text(empty)
+        with pytest.raises(ConfigError, match=r"bad.yaml: the config file is empty"):
+            load_config(path=bad)
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping with sections"):
         read_yaml(bad)

@@ -190,6 +190,7 @@ def _finished_run(tmp_path: Path) -> list[str]:
 
 CATALOGUE = {
     "malformed-yaml": (_args("--config", "{tmp}/bad.yaml"), "malformed YAML at line", 2),
+    "empty-config": (_args("--config", "{tmp}/empty.yaml"), "the config file is empty", 2),
     "misspelt-key": (_args("--set", "model.dropuot=0.1"), "Did you mean 'dropout'", 2),
     "wrong-type": (_args("--batch-size", "big"), "expected an integer, got str 'big'", 2),
     "epochs-zero": (_args("--epochs", "0"), "train.epochs: got 0, expected an integer > 0", 2),
@@ -228,6 +229,7 @@ CATALOGUE = {
 def test_bad_input_catalogue(case, data_dir, tmp_path):
     make_args, message, code = CATALOGUE[case]
     (tmp_path / "bad.yaml").write_text("model:\n  type: mlp\n   units: 3\n")
+    (tmp_path / "empty.yaml").write_text("# nothing here yet\n")
     (tmp_path / "existing").mkdir()
     (tmp_path / "existing" / "notes.txt").write_text("keep me")
     (tmp_path / "a-file").write_text("I am a file, not a folder")
