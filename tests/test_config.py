@@ -24,7 +24,8 @@ def test_bundled_configs_hold_the_seed_settings():
     single = load_config("lstm-single")
     assert single["model"]["units"] == [128]
     assert (single["train"]["batch_size"], single["train"]["epochs"]) == (128, 10)
-    assert single["train"]["learning_rate"] == 1e-3
+    # Peak of the one-cycle schedule the config adds to the seed's Adam.
+    assert (single["train"]["learning_rate"], single["train"]["lr_schedule"]) == (2e-3, "onecycle")
     cnn = load_config("cnn")
     assert [(c["filters"], c["kernel"], c["padding"], c["pool"]) for c in cnn["model"]["conv"]] \
         == [(20, 5, "same", 2), (50, 5, "same", 2)]
