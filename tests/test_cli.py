@@ -61,7 +61,8 @@ def test_version_and_python_dash_m():
 def test_train_writes_a_complete_run_folder(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     result = run("train", "--model", "lstm", *SMOKE, "--data-dir", str(data_dir),
-                 "--run-dir", str(run_dir), "--set", "model.units=[32, 32]", "--seed", "7")
+                 "--run-dir", str(run_dir), "--set", "model.units=[32, 32]", "--seed", "7",
+                 "--set", "train.lr_schedule=constant")  # so the recorded rate is 1e-3
     assert result.exit_code == 0, result.output
     assert "on CPU" in result.output and "Test accuracy" in result.output
 
