@@ -145,7 +145,7 @@ def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run
     run.save_model(model, RunDir.MODEL)
     test = model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0,
                           return_dict=True)
-    train_seconds = sum(r["seconds"] for r in rows)  # summed over every session of the run
+    train_seconds = sum(r["seconds"] for r in rows)  # summed over every part of a resumed run
     best = rows[best_epoch(rows) or 0]
     metrics = {
         "test_loss": float(test["loss"]),
