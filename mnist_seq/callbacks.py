@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 
 from mnist_seq.errors import TrainingDiverged, TrainingInterrupted
-from mnist_seq.rundir import Rows, RunDir
+from mnist_seq.rundir import Rows, RunDir, best_epoch
 
 # Cross-entropy over 10 classes starts near ln(10) = 2.3; a loss past this means the
 # true class gets probability e^-1000: the weights have blown up, NaN or not.
@@ -86,7 +86,8 @@ class BestModel(keras.callbacks.Callback):
     def __init__(self, run: RunDir, rows: Rows):
         super().__init__()
         self.run = run
-        self.best = max((r.get("val_accuracy", -1.0) for r in rows), default=-1.0)
+        best = best_epoch(rows)
+        self.best = -1.0 if best is None else rows[best].get("val_accuracy", -1.0)
 
     def on_epoch_end(self, epoch, logs=None):
         acc = (logs or {}).get("val_accuracy")

@@ -74,6 +74,11 @@ def save_figure(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
+def _exists(path: str | Path) -> RunDirError:
+    return RunDirError(f"run folder already exists: {path}; give a new --run-dir "
+                       "(mnist-seq never overwrites a run)")
+
+
 def best_epoch(rows: Rows) -> int | None:
     """Index of the row with the best validation accuracy (else the lowest validation
     loss); None when the history has no validation figures."""
@@ -118,8 +123,7 @@ class RunDir:
         `root/<name>-<YYYYmmdd-HHMMSS>`. Nothing is created until `create()`."""
         if run_dir is not None:
             if Path(run_dir).exists():
-                raise RunDirError(f"run folder already exists: {run_dir}; give a new --run-dir "
-                                  "(mnist-seq never overwrites a run)")
+                raise _exists(run_dir)
             run = cls(run_dir, writer=writer)
         else:
             run = cls(Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", writer=writer)
@@ -150,8 +154,7 @@ class RunDir:
             self.path = path
             return self
         if not self._timestamped:
-            raise RunDirError(f"run folder already exists: {base}; give a new --run-dir "
-                              "(mnist-seq never overwrites a run)")
+            raise _exists(base)
         raise RunDirError(f"could not find a free run folder name next to {base}")
 
     # -- state ------------------------------------------------------------------------

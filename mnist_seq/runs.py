@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_seq.errors import MnistSeqError
-from mnist_seq.rundir import RunDir
+from mnist_seq.rundir import RunDir, best_epoch
 
 RUN_COLUMNS = ("name", "model", "params", "epochs", "best_val_accuracy", "test_accuracy",
                "train_seconds")
@@ -17,14 +17,14 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     config = run.read_config(check=False)
     metrics = run.read_metrics() if run.finished else {}
     rows = run.read_history_or_empty()
-    val = [r["val_accuracy"] for r in rows if "val_accuracy" in r]
+    best = best_epoch(rows)
     return {
         "name": run.name,
         "path": str(run.path),
         "model": (config.get("model") or {}).get("type"),
         "params": metrics.get("params"),
         "epochs": len(rows),
-        "best_val_accuracy": max(val) if val else None,
+        "best_val_accuracy": None if best is None else rows[best].get("val_accuracy"),
         "test_accuracy": metrics.get("test_accuracy"),
         "train_seconds": metrics.get("train_seconds"),
     }

@@ -187,6 +187,8 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     run's metrics.
     """
     tcfg = config["train"]
+    # Read first: a run that cannot be resumed is said before the data and Keras load.
+    rows, restore = run.resume_point() if resume else ([], None)
     data = load_data(config, options)
     for note in data.notes:
         log(f"Note: {note}")
@@ -194,14 +196,12 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     if options.tensorboard:
         _require_tensorboard()
     if resume:
-        rows, restore = run.resume_point()
         log(f"Resuming {run.path} after epoch {len(rows)} of {tcfg['epochs']}")
     else:
         run.create()
         run.write_config(config)
         # The untrained weights, so `inspect` can show what training changed.
         run.save_model(model, RunDir.INITIAL_WEIGHTS)
-        rows, restore = [], None
     log(f"Training {run.name} ({model.count_params():,} parameters) on {where}: "
         f"{len(data.x_train):,} train / {len(data.x_val):,} validation samples from "
         f"{data.source}, {tcfg['epochs']} epochs of batch {tcfg['batch_size']}")
