@@ -44,6 +44,10 @@ def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False
         tf.get_logger().setLevel("ERROR")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    if options.threads:
+        from mnist_seq import tf_speed
+
+        tf_speed.set_op_threads(options.threads, 1)
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         cuda = tf.test.is_built_with_cuda()

@@ -115,10 +115,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.run.save_checkpoint(self.model, epoch + 1)
 
 
+class TrialPruned(Exception):  # noqa: N818 (a signal, like StopIteration)
+    """A sweep's pruner stopped the trial; args[0] is the last epoch trained."""
+
+
+class TrialReporter(keras.callbacks.Callback):
+    """Tells an Optuna trial each epoch's validation accuracy, says it in a line, and
+    stops the run when the study's pruner says so (the epoch is recorded by then; the
+    last epoch is never cut, as there is nothing left to save)."""
+
+    def __init__(self, trial, say):
+        super().__init__()
+        self.trial, self.say = trial, say
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = float((logs or {}).get("val_accuracy", float("nan")))
+        self.trial.report(value, epoch)
+        self.say(f"trial {self.trial.number}: epoch {epoch + 1}/{self.params['epochs']}, "
+                 f"validation accuracy {value:.2%}")
+        if epoch + 1 < self.params["epochs"] and self.trial.should_prune():
+            raise TrialPruned(epoch + 1)
+
+
 @contextlib.contextmanager
 def first_ctrl_c_stops(guard: Guard):
     """The first Ctrl-C asks the guard to stop after the current batch; a second one
-    interrupts at once, as usual."""
+    interrupts at once, as usual. A handler of the caller's own (a sweep's) hears of the
+    first one too: training may end before the guard looks."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -127,6 +150,8 @@ def first_ctrl_c_stops(guard: Guard):
     def handler(signum, frame):
         guard.interrupted = True
         signal.signal(signal.SIGINT, previous)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
 
     signal.signal(signal.SIGINT, handler)
     try:

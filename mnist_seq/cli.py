@@ -215,9 +215,10 @@ def report(ctx: click.Context, run_dir, data_dir) -> None:
 
 @cli.command()
 @click.argument("root", default="runs", metavar="[DIR]")
-@click.option("--sort", default="name", show_default=True, metavar="COLUMN",
-              help="name, model, params, epochs, best_val_accuracy, test_accuracy or "
-                   "train_seconds (figures sort best first).")
+@click.option("--sort", metavar="COLUMN",
+              help="name, model, params, epochs, best_val_accuracy, val_accuracy, "
+                   "test_accuracy, train_seconds or state (figures sort best first; default: "
+                   "name, or val_accuracy for a sweep folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def runs(root, sort, as_json) -> None:
     """List the runs under DIR (default: runs) with their key figures."""
@@ -229,6 +230,56 @@ def runs(root, sort, as_json) -> None:
     click.echo(json.dumps(rows, indent=2) if as_json else format_runs(rows))
 
 
+@cli.command()
+@click.argument("spec", metavar="SPEC.yaml")
+@click.option("--sweep-dir", metavar="DIR",
+              help="The sweep folder: new, or an existing sweep to continue (default: "
+                   "sweeps/SPEC-NAME).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trials at once on this machine, each in its own process.")
+@click.option("--storage", metavar="URL",
+              help="A database several machines share, e.g. postgresql://user:pw@host/db "
+                   "(default: a SQLite file in the sweep folder).")
+@click.option("--study", metavar="NAME", help="The study's name (default: the spec's name).")
+@click.option("--prune", is_flag=True,
+              help="Stop poor trials early from their per-epoch validation accuracy.")
+@click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True, help="Where to train.")
+@click.pass_context
+def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, data_dir,
+          device) -> None:
+    """Train many runs of one config with settings chosen by Optuna; the best trial's
+    config goes to best.yaml and only its model is scored on the test set."""
+    from mnist_seq.sweep import SweepOptions, require_optuna, run_sweep
+
+    require_optuna()
+    options = _options(ctx, device=device, data_dir=data_dir,
+                       command=shlex.join(["mnist-seq", *sys.argv[1:]]))
+    best = run_sweep(spec, sweep_dir, SweepOptions(workers, storage, study, prune), options,
+                     log=click.echo)
+    test = best["test_accuracy"]
+    click.echo(f"Best trial {best['trial']}: validation accuracy {best['val_accuracy']:.2%}"
+               + (f", test accuracy {test:.2%} (its model alone scored)" if test is not None
+                  else "") + f"; settings {best['params']}; run folder {best['run']}")
+    if best.get("note"):
+        click.echo(f"Note: {best['note']}")
+
+
 def main() -> None:
     """Console entry point."""
-    cli(prog_name="mnist-seq")
+    try:
+        cli(prog_name="mnist-seq")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if isinstance(e.code, str):
+            click.echo(e.code, err=True)
+    else:
+        code = 0
+    if "tensorflow" in sys.modules:
+        # Every file is written and closed by now; TensorFlow's teardown at interpreter
+        # exit would take another half second, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -218,4 +218,7 @@ def split_train_val(
 
 def to_float(x: np.ndarray) -> np.ndarray:
     """uint8 pixels to float32 in [0, 1], the models' input."""
-    return x.astype(np.float32) / 255.0
+    # In place: one new array instead of two, and the first touch of new memory is
+    # what costs (0.05 s against 0.07-0.76 s for 57,000 images here).
+    out = x.astype(np.float32)
+    return np.divide(out, 255.0, out=out)

@@ -15,7 +15,8 @@ class RuntimeOptions:
     device: auto, cpu or gpu. debug: TensorFlow's logs and full tracebacks.
     data_dir: where MNIST is (before $MNIST_SEQ_DATA and the config's data.dir).
     tensorboard: also write TensorBoard logs (train). command: the command line, recorded
-    in metrics.json.
+    in metrics.json. threads: the CPU cores this process may use (None: all of them; a
+    sweep's workers share the machine).
     """
 
     device: str = "auto"
@@ -23,6 +24,7 @@ class RuntimeOptions:
     data_dir: str | Path | None = None
     tensorboard: bool = False
     command: str = ""
+    threads: int | None = None
 
 
 DEFAULT_OPTIONS = RuntimeOptions()

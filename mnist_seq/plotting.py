@@ -139,3 +139,52 @@ def plot_history_files(run_dirs: list[str], out: str | None = None,
     if len(runs) == 1:
         return runs[0].save_figure(fig, RunDir.CURVES)
     return save_figure(fig, "runs-history.png")
+
+
+def plot_sweep_history(points: list[tuple[int, float | None, str]]):
+    """A sweep's validation accuracy per trial, in trial order, with the best so far.
+    `points`: (trial number, value, state); a pruned trial shows its last epoch's."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    styles = {"complete": ("tab:blue", "o"), "pruned": ("tab:gray", "x")}
+    for state, (colour, marker) in styles.items():
+        xs = [(n, v) for n, v, s in points if s == state and v is not None]
+        if xs:
+            ax.scatter(*zip(*xs, strict=True), color=colour, marker=marker,
+                       label=f"{state} ({len(xs)})", zorder=3)
+    best, line = float("-inf"), []
+    for n, v, s in sorted(points):
+        if s == "complete" and v is not None:
+            best = max(best, v)
+            line.append((n, best))
+    if line:
+        ax.step(*zip(*line, strict=True), where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("sweep: validation accuracy per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def plot_sweep_params(params: dict[str, tuple[list, bool, bool]], values: list[float]):
+    """One panel per searched setting: its value against validation accuracy, over the
+    completed trials. `params`: key -> (values per trial, log scale, categorical)."""
+    plt = pyplot()
+    n = len(params)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False, sharey=True)
+    for ax, (key, (xs, log, categorical)) in zip(axes[0], params.items(), strict=True):
+        if categorical:
+            labels = sorted({str(x) for x in xs}, key=lambda s: [str(x) for x in xs].index(s))
+            ax.scatter([labels.index(str(x)) for x in xs], values, color="tab:blue")
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        else:
+            ax.scatter(xs, values, color="tab:blue")
+            if log:
+                ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy")
+    fig.suptitle(f"sweep: each setting against validation accuracy ({len(values)} trials)")
+    return fig

@@ -98,6 +98,7 @@ class RunDir:
     EVALUATION, CONFUSION, WORST_ERRORS = "evaluation.json", "confusion.png", "worst-errors.png"
     REPORT, EPOCH_SECONDS = "report.html", "epoch-seconds.png"
     INSPECT, BACKUP, TENSORBOARD = "inspect", "backup", "tensorboard"
+    TRIAL = "trial.json"  # a sweep's trial: its state and settings
 
     def __init__(self, path: str | Path, *, writer: bool = True):
         self.path = Path(path)
@@ -257,6 +258,11 @@ class RunDir:
     def read_evaluation(self) -> dict[str, Any] | None:
         """evaluation.json, or None if the run was not evaluated yet."""
         return self._read_json(self.EVALUATION) if (self / self.EVALUATION).is_file() else None
+
+    def read_trial(self) -> dict[str, Any] | None:
+        """trial.json (state, settings, validation accuracy) for a sweep's trial, else
+        None."""
+        return self._read_json(self.TRIAL) if (self / self.TRIAL).is_file() else None
 
     def _read_json(self, name: str) -> dict[str, Any]:
         try:

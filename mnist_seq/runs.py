@@ -1,4 +1,7 @@
-"""`mnist-seq runs`: a table of the run folders under a root, sortable by any column."""
+"""`mnist-seq runs`: a table of the run folders under a root, sortable by any column.
+
+A sweep folder's trials get a table of their own: state, validation accuracy (what the
+sweep maximises) and each searched setting, best first."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from mnist_seq.rundir import RunDir, best_epoch
 
 RUN_COLUMNS = ("name", "model", "params", "epochs", "best_val_accuracy", "test_accuracy",
                "train_seconds")
+TRIAL_COLUMNS = ("name", "state", "val_accuracy", "epochs", "train_seconds")
+SORTABLE = (*RUN_COLUMNS, "val_accuracy", "state")
 
 
 def summarize_run(run: RunDir) -> dict[str, Any]:
@@ -18,7 +23,10 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     metrics = run.read_metrics() if run.finished else {}
     rows = run.read_history_or_empty()
     best = best_epoch(rows)
+    trial = run.read_trial()
     return {
+        **({"state": trial["state"], "settings": trial["params"]} if trial else {}),
+        "val_accuracy": rows[-1].get("val_accuracy") if rows else None,
         "name": run.name,
         "path": str(run.path),
         "model": (config.get("model") or {}).get("type"),
@@ -30,12 +38,15 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     }
 
 
-def list_runs(root: str | Path = "runs", sort: str = "name") -> list[dict[str, Any]]:
-    """Every run folder under `root`, sorted by a column (figures best first)."""
+def list_runs(root: str | Path = "runs", sort: str | None = None) -> list[dict[str, Any]]:
+    """Every run folder under `root`, sorted by a column (figures best first; by default
+    names, or validation accuracy for a sweep's trials)."""
     if not Path(root).is_dir():
         raise MnistSeqError(f"no runs folder at {root}")
-    if sort not in RUN_COLUMNS:
-        raise MnistSeqError(f"cannot sort by {sort!r}: expected one of {', '.join(RUN_COLUMNS)}")
+    if sort is None:
+        sort = "val_accuracy" if any(Path(root).glob(f"*/{RunDir.TRIAL}")) else "name"
+    if sort not in SORTABLE:
+        raise MnistSeqError(f"cannot sort by {sort!r}: expected one of {', '.join(SORTABLE)}")
     found = []
     for run in RunDir.find(root):
         try:
@@ -43,14 +54,20 @@ def list_runs(root: str | Path = "runs", sort: str = "name") -> list[dict[str, A
         except (OSError, ValueError, MnistSeqError) as e:  # a damaged run must not hide others
             found.append({"name": run.name, "path": str(run.path), "error": str(e)[:100]})
     # Missing values sort last; names ascend, figures descend (best first).
-    descending = sort != "name"
+    descending = sort not in ("name", "state")
     present = [r for r in found if r.get(sort) is not None]
     missing = [r for r in found if r.get(sort) is None]
     return sorted(present, key=lambda r: r[sort], reverse=descending) + missing
 
 
 def format_runs(rows: list[dict[str, Any]]) -> str:
-    """The runs as an aligned text table."""
+    """The runs as an aligned text table (a sweep's trials with their settings)."""
+    columns = RUN_COLUMNS
+    if any("state" in r for r in rows):
+        keys = list(dict.fromkeys(k for r in rows for k in r.get("settings") or {}))
+        columns = (*TRIAL_COLUMNS[:3], *keys, *TRIAL_COLUMNS[3:])
+        rows = [{**r, **(r.get("settings") or {})} for r in rows]
+
     def cell(row, col):
         value = row.get(col)
         if value is None:
@@ -61,9 +78,11 @@ def format_runs(rows: list[dict[str, Any]]) -> str:
             return f"{value:,}"
         if col == "train_seconds":
             return f"{value:.0f}s"
+        if isinstance(value, float):
+            return f"{value:.3g}"
         return str(value)
 
-    table = [list(RUN_COLUMNS)] + [[cell(r, c) for c in RUN_COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(RUN_COLUMNS))]
+    table = [list(columns)] + [[cell(r, c) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
                      for line in table)

@@ -43,17 +43,20 @@ class SpeedPlan:
     fused_updates: bool  # one TensorFlow op per optimizer update
     one_call_epochs: bool  # each epoch in one TensorFlow call
     validation_batch: int | None  # None: the training batch
+    pixels_in_graph: bool  # training images go to TensorFlow as uint8, scaled per batch
     line: str  # the plan in words, for the Speed: line
 
 
-def machine_facts(on_gpu: bool, backend: str) -> Machine:
-    """What the plan needs to know about this machine (Keras must be set up)."""
+def machine_facts(on_gpu: bool, backend: str, cores: int | None = None) -> Machine:
+    """What the plan needs to know about this machine (Keras must be set up); `cores`:
+    how many this process may use, if not all."""
     onednn = None
     if backend == "tensorflow" and not on_gpu:
         from mnist_seq.backend import onednn_enabled
 
         onednn = onednn_enabled()
-    return Machine(gpu=on_gpu, cores=os.cpu_count() or 1, bf16=cpu_has_bf16(), onednn=onednn,
+    return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1, bf16=cpu_has_bf16(),
+                   onednn=onednn,
                    onednn_user_off=os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0")
 
 
@@ -144,6 +147,7 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      steps_per_execution=spe, op_threads=op_threads, fused_updates=fused,
                      one_call_epochs=one_call,
                      validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
+                     pixels_in_graph=backend == "tensorflow",
                      line=", ".join(notes))
 
 
@@ -177,11 +181,18 @@ def apply_to_model(plan: SpeedPlan, model) -> list[str]:
 
 
 def fit_inputs(plan: SpeedPlan, model, x, y, batch_size: int, seed: int) -> dict[str, Any]:
-    """The training data as `model.fit` keyword arguments, in the form the plan wants."""
+    """The training data (`x` as uint8 pixels) as `model.fit` keyword arguments, in the
+    form the plan wants."""
     if plan.one_call_epochs:
         from mnist_seq import tf_speed
 
         # Shuffled inside each call, so Keras is told not to shuffle.
         return {"x": tf_speed.epochs_in_one_call(model, x, y, batch_size, seed),
                 "shuffle": False}
-    return {"x": x, "y": y, "batch_size": batch_size}
+    if plan.pixels_in_graph:
+        from mnist_seq import tf_speed
+
+        return {"x": tf_speed.pixel_batches(x, y, batch_size, seed), "shuffle": False}
+    from mnist_seq.data import to_float
+
+    return {"x": to_float(x), "y": y, "batch_size": batch_size}

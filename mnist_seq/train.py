@@ -31,7 +31,8 @@ from mnist_seq.rundir import Rows, RunDir, best_epoch
 
 @dataclass
 class Data:
-    """The splits a run trains, validates and tests on (float32 images in [0, 1])."""
+    """The splits a run trains, validates and tests on: uint8 training images, float32
+    validation and test images in [0, 1]."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -52,7 +53,9 @@ def load_data(config: dict[str, Any], options: RuntimeOptions) -> Data:
         ds.x_train, ds.y_train, tcfg["validation_fraction"], tcfg["seed"],
         dcfg["max_train_samples"])
     n_test = dcfg["max_test_samples"] or len(ds.x_test)
-    return Data(to_float(x_train), y_train, to_float(x_val), y_val,
+    # The training images stay uint8: `speed.fit_inputs` makes them float32 as the plan
+    # says (for TensorFlow, one batch at a time inside its input pipeline).
+    return Data(x_train, y_train, to_float(x_val), y_val,
                 to_float(ds.x_test[:n_test]), ds.y_test[:n_test], ds.source, ds.notes)
 
 
@@ -97,7 +100,7 @@ def build(config: dict[str, Any], data: Data, options: RuntimeOptions,
     import keras
 
     keras.utils.set_random_seed(config["train"]["seed"])
-    machine = speed.machine_facts(where.startswith("GPU"), backend.BACKEND)
+    machine = speed.machine_facts(where.startswith("GPU"), backend.BACKEND, options.threads)
     plan = speed.plan_speed(config, machine, backend.BACKEND)
     notes = speed.apply_before_build(plan)
     model = compile_model(config, len(data.x_train), plan)
@@ -108,8 +111,10 @@ def build(config: dict[str, Any], data: Data, options: RuntimeOptions,
 
 
 def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: RunDir,
-        rows: Rows, restore=None, tensorboard: bool = False) -> Rows:
-    """Train the remaining epochs, recording each in `rows` and the run folder."""
+        rows: Rows, restore=None, tensorboard: bool = False, extra_callbacks=(),
+        verbose: int | None = None) -> Rows:
+    """Train the remaining epochs, recording each in `rows` and the run folder
+    (`extra_callbacks` run after that)."""
     import keras
 
     from mnist_seq import callbacks as cb
@@ -117,7 +122,7 @@ def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: R
     tcfg = config["train"]
     guard = cb.Guard(run, rows)
     callbacks = [guard, cb.HistoryRecorder(run, rows), cb.BestModel(run, rows),
-                 cb.EpochCheckpoint(run, restore)]
+                 cb.EpochCheckpoint(run, restore), *extra_callbacks]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / RunDir.TENSORBOARD)))
     train = speed.fit_inputs(plan, model, data.x_train, data.y_train, tcfg["batch_size"],
@@ -131,25 +136,26 @@ def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: R
             validation_batch_size=plan.validation_batch or tcfg["batch_size"],
             callbacks=callbacks,
             # A progress bar on a terminal; piped output gets one clean line per epoch.
-            verbose=1 if sys.stdout.isatty() else 2,
+            verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
         )
     return rows
 
 
 def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: RunDir,
-           rows: Rows, facts: dict[str, Any]) -> dict[str, Any]:
-    """Save the final model, score the test set once, draw the curves, write metrics.json
-    (last: it marks the run finished) and drop the resume state."""
+           rows: Rows, facts: dict[str, Any], score_test: bool = True) -> dict[str, Any]:
+    """Save the final model, score the test set once (unless told not to: a sweep's
+    trials leave it out), draw the curves, write metrics.json (last: it marks the run
+    finished) and drop the resume state."""
     from mnist_seq.plotting import plot_curves
 
     run.save_model(model, RunDir.MODEL)
-    test = model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0,
-                          return_dict=True)
+    test = (model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0,
+                           return_dict=True) if score_test else {})
     train_seconds = sum(r["seconds"] for r in rows)  # summed over every part of a resumed run
     best = rows[best_epoch(rows) or 0]
     metrics = {
-        "test_loss": float(test["loss"]),
-        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]) if test else None,
+        "test_accuracy": float(test["accuracy"]) if test else None,
         "best_epoch": int(best["epoch"]) + 1,
         "best_val_accuracy": best.get("val_accuracy"),
         "final_val_accuracy": rows[-1].get("val_accuracy"),
@@ -157,7 +163,7 @@ def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run
         "params": model.count_params(),
         "train_samples": len(data.x_train),
         "val_samples": len(data.x_val),
-        "test_samples": len(data.x_test),
+        "test_samples": len(data.x_test) if test else 0,
         "train_seconds": round(train_seconds, 2),
         "samples_per_second": round(len(data.x_train) * len(rows) / train_seconds, 1),
         "seed": config["train"]["seed"],
@@ -178,13 +184,16 @@ def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run
 
 def train_and_evaluate(config: dict[str, Any], run: RunDir,
                        options: RuntimeOptions = DEFAULT_OPTIONS, *, resume: bool = False,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = print, callbacks=(),
+                       score_test: bool = True, verbose: int | None = None) -> dict[str, Any]:
     """Train the configured model, score the test set once, and fill the run folder.
 
     A new run folder (`RunDir.new`) is created only once the data, the device and the
     model are ready, so a failure before training leaves nothing behind. With `resume`,
-    `run` is an unfinished run, continued from its last completed epoch. Returns the
-    run's metrics.
+    `run` is an unfinished run, continued from its last completed epoch. `callbacks`
+    run after each epoch is recorded; `score_test=False` leaves the test set out;
+    `verbose` is Keras's (None: a progress bar on a terminal, a line per epoch
+    elsewhere). Returns the run's metrics.
     """
     tcfg = config["train"]
     # Read first: a run that cannot be resumed is said before the data and Keras load.
@@ -209,10 +218,12 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     log(f"Run folder: {run.path}")
     facts = {"device": where, "resumed": resume, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "command": options.command}
-    fit(model, plan, config, data, run, rows, restore, options.tensorboard)
-    metrics = finish(model, plan, config, data, run, rows, facts)
-    log(f"Test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
-        f"({len(data.x_test):,} test samples); trained in {metrics['train_seconds']:.1f} s")
+    fit(model, plan, config, data, run, rows, restore, options.tensorboard, callbacks, verbose)
+    metrics = finish(model, plan, config, data, run, rows, facts, score_test)
+    if score_test:
+        log(f"Test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
+            f"({len(data.x_test):,} test samples); trained in "
+            f"{metrics['train_seconds']:.1f} s")
     return metrics
 
 
