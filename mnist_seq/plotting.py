@@ -188,3 +188,20 @@ def plot_sweep_params(params: dict[str, tuple[list, bool, bool]], values: list[f
     axes[0][0].set_ylabel("validation accuracy")
     fig.suptitle(f"sweep: each setting against validation accuracy ({len(values)} trials)")
     return fig
+
+
+def plot_sweep_curves(histories: dict[str, Rows]):
+    """The validation accuracy per epoch of a sweep's best trials, one line each."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, rows in histories.items():
+        epochs = [int(r.get("epoch", i)) + 1 for i, r in enumerate(rows)]
+        values = [r.get("val_accuracy") for r in rows]
+        ax.plot(epochs, values, marker="o", label=f"{name}: {values[-1]:.2%}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"sweep: the best {len(histories)} trials, validation accuracy per epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig

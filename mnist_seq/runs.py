@@ -55,9 +55,12 @@ def list_runs(root: str | Path = "runs", sort: str | None = None) -> list[dict[s
             found.append({"name": run.name, "path": str(run.path), "error": str(e)[:100]})
     # Missing values sort last; names ascend, figures descend (best first).
     descending = sort not in ("name", "state")
-    present = [r for r in found if r.get(sort) is not None]
-    missing = [r for r in found if r.get(sort) is None]
-    return sorted(present, key=lambda r: r[sort], reverse=descending) + missing
+    # A sweep's pruned, failed or interrupted trials come after its complete ones.
+    present = [r for r in found
+               if r.get(sort) is not None and r.get("state") in (None, "complete")]
+    missing = [r for r in found if r not in present]
+    return (sorted(present, key=lambda r: r[sort], reverse=descending)
+            + sorted(missing, key=lambda r: r["name"]))
 
 
 def format_runs(rows: list[dict[str, Any]]) -> str:

@@ -487,7 +487,7 @@ def _score_best(sweep: Sweep, best, values: dict[str, Any], config: dict[str, An
 def _draw(sweep: Sweep, trials: list, complete: list) -> None:
     from optuna.trial import TrialState
 
-    from mnist_seq.plotting import plot_curves, plot_sweep_history, plot_sweep_params
+    from mnist_seq.plotting import plot_sweep_curves, plot_sweep_history, plot_sweep_params
     from mnist_seq.rundir import save_figure
 
     states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
@@ -506,4 +506,4 @@ def _draw(sweep: Sweep, trials: list, complete: list) -> None:
     histories = {f"trial {t.number}": trial_dir(sweep.folder, t.number).read_history()
                  for t in top}
     if histories:
-        save_figure(plot_curves(histories, ("accuracy",)), sweep.folder / CURVES_PNG)
+        save_figure(plot_sweep_curves(histories), sweep.folder / CURVES_PNG)
