@@ -266,6 +266,25 @@ def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, d
         click.echo(f"Note: {best['note']}")
 
 
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 makes the page reachable from the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True, help="Where the models run.")
+@click.pass_context
+def serve(ctx: click.Context, run_dirs, host, port, open_browser, device) -> None:
+    """A local web page: draw a digit and watch each run read it."""
+    from mnist_seq.serve import require_web
+    from mnist_seq.serve import serve as run_server
+
+    require_web()
+    run_server(list(run_dirs), host, port, open_browser, _options(ctx, device=device),
+               log=click.echo)
+
+
 def main() -> None:
     """Console entry point."""
     try:

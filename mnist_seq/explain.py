@@ -119,11 +119,11 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
     title = f"{run.name}, " + (f"test digit #{index} (label {label})" if label is not None
                                else f"image {tag}")
     if kind == "lstm":
-        probe = _probe(model, config)
+        probe = lstm_probe(model, config)
         written += lstm_reading(probe, digit, run, tag, title)
         # The first run's probe is reused; the other LSTM runs are loaded for their curve.
         probes = {run.name: probe} | {
-            r.name: _probe(load_model(r / RunDir.MODEL), c)
+            r.name: lstm_probe(load_model(r / RunDir.MODEL), c)
             for r, c in zip(runs[1:], configs[1:], strict=True) if c["model"]["type"] == "lstm"
         }
         written.append(run.save_figure(rows_read_accuracy(probes, data.x_test, data.y_test),
@@ -136,7 +136,7 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
     return written
 
 
-def _probe(model, config: dict[str, Any]):
+def lstm_probe(model, config: dict[str, Any]):
     """The trained LSTM rebuilt to expose every hidden state and per-row probabilities."""
     probe = build_lstm(config["model"], probe=True)
     for layer in probe.layers:

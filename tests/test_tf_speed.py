@@ -18,6 +18,10 @@ def _keras_on_the_cpu():
     from mnist_seq.options import RuntimeOptions
 
     backend.setup(RuntimeOptions(device="cpu"))
+    import keras
+
+    # A CNN trained earlier in this process leaves its bfloat16 policy set.
+    keras.mixed_precision.set_global_policy("float32")
 
 
 def _train(cfg, fused: bool = False, one_call: bool = False):

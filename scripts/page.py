@@ -1,0 +1,86 @@
+"""Drive `mnist-seq serve` as a person does: start it, open the page in Debian's headless
+Chromium (through its chromedriver: nothing is downloaded), draw on the canvas with
+pointer events. Used by scripts/screenshot_serve.py, scripts/bench_serve.py and the
+browser test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+INSTALL_BROWSER = "apt-get install chromium chromium-driver"
+# A 7, as offsets from the centre of the 280x280 canvas.
+SEVEN = [[(-70, -80), (70, -80), (10, 0), (-20, 90)]]
+
+
+class NoBrowser(RuntimeError):
+    """Chromium or its driver is not installed."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(runs: list[Path | str], port: int) -> subprocess.Popen:
+    """`mnist-seq serve RUN...` on `port`; returns once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_seq", "serve", *map(str, runs), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = proc.stdout.readline()
+    if not line.startswith("Serving"):
+        proc.kill()
+        raise RuntimeError(line + proc.stdout.read())
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the server did not listen")
+
+
+def chromium(width: int = 1280, height: int = 1000):
+    """A headless Chromium session."""
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        raise NoBrowser(f"needs Chromium and its driver: {INSTALL_BROWSER} (as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def draw_and_read(browser, url: str, strokes=SEVEN, timeout: float = 30):
+    """Open the page, draw the strokes, and wait until the last answer is shown;
+    returns the run cards."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url)
+    pad = browser.find_element(By.ID, "draw")
+    for stroke in strokes:
+        actions = ActionChains(browser).move_to_element_with_offset(pad, *stroke[0])
+        actions.click_and_hold()
+        for x, y in stroke[1:]:
+            actions.move_to_element_with_offset(pad, x, y)
+        actions.release().perform()
+    # The page reads while drawing and once more at the end: wait for the last answer.
+    WebDriverWait(browser, timeout).until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, "body[data-busy='0'] .run .top1")))
+    return browser.find_elements(By.CSS_SELECTOR, ".run")

@@ -1,0 +1,159 @@
+"""serve: the JSON API through Starlette's test client, a real server on a real port,
+and a real headless Chromium that draws a digit on the page and reads the answer."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import SMOKE, assert_one_line_error, run
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx2")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import page  # noqa: E402  (scripts/page.py: the server and the browser, as a person uses them)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, data_dir) -> list[Path]:
+    """A tiny LSTM run and a tiny CNN run."""
+    root = tmp_path_factory.mktemp("serve")
+    runs = []
+    for model in ("lstm-single", "cnn-fast"):
+        folder = root / model
+        result = run("train", "--model", model, *SMOKE, "--data-dir", str(data_dir),
+                     "--run-dir", str(folder))
+        assert result.exit_code == 0, result.output
+        runs.append(folder)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def client(two_runs):
+    from starlette.testclient import TestClient
+
+    from mnist_seq.serve import load_readers, make_app
+
+    return TestClient(make_app(load_readers(two_runs)))
+
+
+def digit_png(data_dir: Path, index: int = 0) -> bytes:
+    """A test digit as a black-on-white PNG, 5x larger, as a user would upload it."""
+    from PIL import Image
+
+    from mnist_seq.data import load_mnist
+
+    image = load_mnist(data_dir).x_test[index]
+    buffer = io.BytesIO()
+    Image.fromarray(255 - image).resize((140, 140)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_a_digit_gets_every_runs_answer(client, data_dir):
+    response = client.post("/api/predict", content=digit_png(data_dir))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert np.array(body["input"]).shape == (28, 28)
+    lstm, cnn = body["runs"]
+    assert (lstm["name"], lstm["type"], cnn["name"], cnn["type"]) == (
+        "lstm-single", "lstm", "cnn-fast", "cnn")
+    for entry in (lstm, cnn):
+        probs = [t["probability"] for t in entry["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.001
+    rows = np.array(lstm["rows"])
+    assert rows.shape == (28, 10)
+    np.testing.assert_allclose(rows.sum(axis=1), 1, atol=1e-3)
+    # After the last row the LSTM's per-row answer is its answer.
+    assert int(rows[-1].argmax()) == lstm["top"][0]["class"]
+    maps = cnn["feature_maps"]
+    assert maps["shape"] == [28, 28, 16] and np.array(maps["images"]).shape == (16, 28, 28)
+
+
+@pytest.mark.slow
+def test_the_api_sees_what_predict_sees(client, two_runs, data_dir, tmp_path):
+    """The same preprocessing and figures as `mnist-seq predict`."""
+    from mnist_seq.predict import load_image, predict_files, to_mnist
+
+    png = tmp_path / "digit.png"
+    png.write_bytes(digit_png(data_dir, 3))
+    body = client.post("/api/predict", content=png.read_bytes()).json()
+    assert np.array_equal(np.array(body["input"]), to_mnist(load_image(png)))
+    for folder, entry in zip(two_runs, body["runs"], strict=True):
+        expected = predict_files(folder, [png])[0]["top"]
+        assert [t["class"] for t in entry["top"]] == [t["class"] for t in expected]
+        np.testing.assert_allclose([t["probability"] for t in entry["top"]],
+                                   [t["probability"] for t in expected], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    (b"this is not an image", 400, "not a readable image"),
+    (b"", 400, "empty request"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, 400, "the uploaded image"),
+    (b"0" * (4 * 1024 * 1024 + 1), 413, "over 4 MB"),
+])
+def test_bad_requests_get_a_status_and_one_line(client, body, status, fragment):
+    response = client.post("/api/predict", content=body)
+    assert response.status_code == status
+    message = response.json()["error"]
+    assert fragment in message and "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.slow
+def test_unknown_routes_and_methods(client):
+    assert client.get("/nope").status_code == 404
+    assert "no such page: /nope" in client.get("/nope").json()["error"]
+    assert client.get("/api/predict").status_code == 405
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text
+    assert [r["type"] for r in client.get("/api/runs").json()["runs"]] == ["lstm", "cnn"]
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run("serve", str(tmp_path), "--port", str(port))
+    assert_one_line_error(result, f"port {port}", "in use")
+
+
+def test_an_unfinished_run_is_one_line(tmp_path):
+    assert_one_line_error(run("serve", str(tmp_path / "missing"), "--port", "1"),
+                          "no such run folder")
+
+
+@pytest.mark.slow
+def test_a_digit_drawn_in_chromium_is_read_by_every_run(two_runs):
+    from selenium.webdriver.common.by import By
+
+    try:
+        browser = page.chromium()
+    except page.NoBrowser as e:
+        if os.environ.get("CI") == "true":  # CI must test the page, not skip it
+            pytest.fail(f"no browser in CI: {e}")
+        pytest.skip(str(e))
+    port = page.free_port()
+    server = page.start_server([*two_runs, "--device", "cpu"], port)
+    try:
+        cards = page.draw_and_read(browser, f"http://127.0.0.1:{port}/")
+        assert [c.get_attribute("data-type") for c in cards] == ["lstm", "cnn"]
+        for card in cards:
+            assert card.find_element(By.CLASS_NAME, "top1").text in list("0123456789")
+            assert len(card.find_elements(By.CLASS_NAME, "bar")) == 3
+        assert cards[0].find_elements(By.TAG_NAME, "canvas")  # the rows chart
+        assert cards[1].find_elements(By.CSS_SELECTOR, ".maps canvas")  # feature maps
+        assert browser.find_element(By.ID, "status").text == ""  # no error shown
+        browser.find_element(By.ID, "clear").click()
+        assert not browser.find_elements(By.CSS_SELECTOR, ".run")
+    finally:
+        browser.quit()
+        server.terminate()
+        server.wait(timeout=30)
