@@ -107,6 +107,20 @@ def test_bad_requests_get_a_status_and_one_line(client, body, status, fragment):
 
 
 @pytest.mark.slow
+def test_several_requests_at_once(client, data_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [digit_png(data_dir, i) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: client.post("/api/predict", content=b), bodies))
+    assert [a.status_code for a in answers] == [200] * 8
+    # Each answer is its own digit's, not another request's.
+    for body, answer in zip(bodies, answers, strict=True):
+        again = client.post("/api/predict", content=body).json()
+        assert answer.json()["input"] == again["input"]
+
+
+@pytest.mark.slow
 def test_unknown_routes_and_methods(client):
     assert client.get("/nope").status_code == 404
     assert "no such page: /nope" in client.get("/nope").json()["error"]
