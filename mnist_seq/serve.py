@@ -67,12 +67,12 @@ def load_readers(run_dirs: list[str | Path],
     shared = {r.name for r in runs if [x.name for x in runs].count(r.name) > 1}
     readers = []
     for run in runs:
-        config = run.read_config(check=False)
+        config = run.read_config()
         kind = config["model"]["type"]
         model = load_model(run / RunDir.MODEL)
         extra = None
         if kind == "lstm":
-            probe = lstm_probe(model, run.read_config())
+            probe = lstm_probe(model, config)
             extra = keras.Model(probe.inputs, probe.outputs[-1])  # (1, 28 rows, 10)
         elif kind == "cnn":
             first = next(layer for layer in model.layers
@@ -112,12 +112,12 @@ def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
         if r.kind == "lstm":
             entry["rows"] = np.round(extra, 4).tolist()
         elif r.kind == "cnn":
-            entry["feature_maps"] = _maps_as_bytes(extra)
+            entry["feature_maps"] = _maps_as_images(extra)
         runs.append(entry)
     return {"input": digit.tolist(), "runs": runs}
 
 
-def _maps_as_bytes(maps: np.ndarray) -> dict[str, Any]:
+def _maps_as_images(maps: np.ndarray) -> dict[str, Any]:
     """Feature maps (h, w, channels) as 0-255 images, each scaled to its own range."""
     low, high = maps.min(axis=(0, 1)), maps.max(axis=(0, 1))
     scaled = (maps - low) / np.where(high > low, high - low, 1)

@@ -15,6 +15,7 @@ the pictures `history.png`, `params.png` and `best-curves.png`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -66,6 +67,14 @@ class Sweep:
     prune: bool
     options: RuntimeOptions
 
+    def ran_here(self, trial) -> bool:
+        """Whether the trial's run folder is in this sweep folder, on this machine. Every
+        trial of the folder's own SQLite study is, even one killed before it was labelled."""
+        if self.storage == default_storage(self.folder):
+            return True
+        return (trial.user_attrs.get("folder") == str(self.folder.absolute())
+                and trial.user_attrs.get("host") == socket.gethostname())
+
 
 def require_optuna() -> None:
     """Sweeps need Optuna, an optional dependency."""
@@ -73,6 +82,11 @@ def require_optuna() -> None:
         import optuna  # noqa: F401
     except ImportError:
         raise MnistSeqError("sweeps need Optuna: pip install 'mnist-seq[sweep]'") from None
+
+
+def default_storage(folder: Path) -> str:
+    """The study's storage unless --storage says otherwise: SQLite in the sweep folder."""
+    return f"sqlite:///{(folder / DB).absolute()}"
 
 
 def trial_dir(folder: Path, number: int) -> RunDir:
@@ -87,7 +101,7 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None,
     the test set once, and draw the pictures. Returns the summary of best.json."""
     spec = read_spec(spec_path)
     folder = Path(sweep_dir or Path("sweeps") / spec.path.stem)
-    storage = how.storage or f"sqlite:///{(folder / DB).absolute()}"
+    storage = how.storage or default_storage(folder)
     name = how.study or spec.path.stem
     _claim_folder(folder, spec, storage)
     with _exclusive(folder):
@@ -95,17 +109,17 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None,
         study = open_study(storage, name, spec, how.prune)
         atomic_write(folder / SWEEP_JSON, lambda p: p.write_text(json.dumps(
             {"study": name, "storage": safe_url(storage), "spec": spec.as_dict()}, indent=2)))
-        _fail_abandoned(study, folder)
+        sweep = Sweep(spec, folder, storage, name, how.prune, options)
+        _fail_abandoned(sweep, study)
         done = count_trials(study)[0]
         log(f"Sweep {folder}: study '{name}' in {safe_url(storage)}, {done} of {spec.trials} "
             f"trials finished, {how.workers} worker{'s' if how.workers > 1 else ''}"
             + (", pruning" if how.prune else ""))
-        sweep = Sweep(spec, folder, storage, name, how.prune, options)
         if how.workers == 1:
             work(sweep, 0, log)
         else:
-            _run_workers(sweep, how.workers, options)
-        return finish_sweep(sweep, open_study(storage, name, spec, how.prune), log)
+            _run_workers(sweep, how.workers)
+        return finish_sweep(sweep, study, log)
 
 
 def _claim_folder(folder: Path, spec: SweepSpec, storage: str) -> None:
@@ -116,7 +130,7 @@ def _claim_folder(folder: Path, spec: SweepSpec, storage: str) -> None:
             saved = json.loads(state.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise RunDirError(f"{state} is unreadable ({e}); use a new --sweep-dir") from None
-        if saved.get("spec") != json.loads(json.dumps(spec.as_dict())):
+        if saved.get("spec") != spec.as_dict():
             raise RunDirError(f"{folder} holds a sweep of another spec; give a new --sweep-dir "
                               "to start this one")
         if saved.get("storage") != safe_url(storage):
@@ -199,7 +213,7 @@ def open_study(storage: str, name: str, spec: SweepSpec, prune: bool):
         reason = reason.split(") ", 1)[-1] if reason.startswith("(") else reason
         raise MnistSeqError(f"cannot open the study storage {safe_url(storage)}: "
                             f"{reason}") from None
-    made_from = json.loads(json.dumps(spec.as_dict()))
+    made_from = spec.as_dict()
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", made_from)
     elif study.user_attrs["spec"] != made_from:
@@ -217,9 +231,10 @@ def _create_or_load(storage: str, engine_kwargs: dict, name: str, sampler, prune
             rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
             return optuna.create_study(storage=rdb, study_name=name, sampler=sampler,
                                        pruner=pruner, direction="maximize", load_if_exists=True)
-        except sqlalchemy.exc.IntegrityError:
-            # Machines that start at once on a new database race to create its tables:
-            # the loser finds them made on the next try.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Machines that start at once on a new database race to create its tables
+            # and types ("duplicate key", "already exists"): the loser finds them made on
+            # the next try.
             if attempt == 2:
                 raise
             time.sleep(1 + attempt)
@@ -239,21 +254,20 @@ def count_trials(study) -> tuple[int, int]:
     return finished, running
 
 
-def _fail_abandoned(study, folder: Path) -> None:
+def _fail_abandoned(sweep: Sweep, study) -> None:
     """Trials of this folder left running by a killed sweep: this command holds the
     folder's lock, so none of them can still be running. One killed after its run
     finished is told as complete; the others failed, and do not count as finished."""
     from optuna.trial import TrialState
 
-    here = str(folder.absolute())
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("folder") != here or t.user_attrs.get("host") != socket.gethostname():
+        if not sweep.ran_here(t):
             continue
-        run, values = trial_dir(folder, t.number), t.user_attrs.get("values", {})
+        run, values = trial_dir(sweep.folder, t.number), sweep.spec.values(t.params)
         if run.finished:
             value = run.read_metrics()["final_val_accuracy"]
-            study.tell(t.number, value)
             _mark(run, t.number, values, "complete", value=value)
+            study.tell(t.number, value)
             continue
         study.tell(t.number, state=TrialState.FAIL)
         if run.path.is_dir():
@@ -328,8 +342,7 @@ def run_trial(sweep: Sweep, study, trial, log: Callable[[str], None]) -> None:
     from mnist_seq.train import train_and_evaluate
 
     spec = sweep.spec
-    values = {p.key: p.value(trial.params[p.key]) for p in spec.params}
-    trial.set_user_attr("values", values)
+    values = spec.values(trial.params)
     run = trial_dir(sweep.folder, trial.number)
     settings = ", ".join(p.describe(values[p.key]) for p in spec.params)
     log(f"trial {trial.number}: {settings}")
@@ -340,14 +353,14 @@ def run_trial(sweep: Sweep, study, trial, log: Callable[[str], None]) -> None:
             log=lambda line: None, callbacks=[TrialReporter(trial, log)], score_test=False,
             verbose=0)
     except TrialPruned as e:
-        study.tell(trial, state=TrialState.PRUNED)
         _mark(run, trial.number, values, "pruned", f"stopped after epoch {e.args[0]}")
+        study.tell(trial, state=TrialState.PRUNED)
         log(f"trial {trial.number}: pruned after epoch {e.args[0]}")
         return
     except TrainingDiverged as e:
+        _mark(run, trial.number, values, "failed", str(e))
         trial.set_user_attr("failed", str(e))
         study.tell(trial, state=TrialState.FAIL)
-        _mark(run, trial.number, values, "failed", str(e))
         log(f"trial {trial.number}: failed: {e}")
         return
     except BaseException as e:
@@ -365,22 +378,24 @@ def run_trial(sweep: Sweep, study, trial, log: Callable[[str], None]) -> None:
         import keras
 
         keras.backend.clear_session()  # a worker trains many models: free the last one
+    # The folder's record first: a kill between the two leaves a finished run that the
+    # next command tells the study about, never a told trial with no record.
     value = metrics["final_val_accuracy"]
-    study.tell(trial, value)
     _mark(run, trial.number, values, "complete", value=value)
+    study.tell(trial, value)
     finished = count_trials(study)[0]
     log(f"trial {trial.number}: validation accuracy {value:.2%} in "
         f"{metrics['train_seconds']:.0f} s ({finished} of {spec.trials} finished; best "
         f"{study.best_value:.2%}, trial {study.best_trial.number})")
 
 
-def _run_workers(sweep: Sweep, workers: int, options: RuntimeOptions) -> None:
+def _run_workers(sweep: Sweep, workers: int) -> None:
     """Trials at once in worker processes, the cores split between them."""
     import multiprocessing
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    sweep = Sweep(sweep.spec, sweep.folder, sweep.storage, sweep.study, sweep.prune,
-                  RuntimeOptions(**{**vars(options), "threads": threads}))
+    sweep = dataclasses.replace(
+        sweep, options=dataclasses.replace(sweep.options, threads=threads))
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked TF state
     procs = [context.Process(target=_worker_main, args=(sweep, i, os.getpid()))
              for i in range(workers)]
@@ -446,14 +461,13 @@ def finish_sweep(sweep: Sweep, study, log: Callable[[str], None] = print) -> dic
                             "finished: pruned or failed); see `mnist-seq runs "
                             f"{folder}`")
     best = study.best_trial
-    values = best.user_attrs.get("values") or {
-        p.key: p.value(best.params[p.key]) for p in sweep.spec.params}
+    values = sweep.spec.values(best.params)
     config = sweep.spec.config(values)
     atomic_write(folder / BEST_CONFIG, lambda p: p.write_text(
         f"# Best of {len(complete)} completed trials of the sweep in {folder}: trial "
         f"{best.number}, validation accuracy {best.value:.4f}\n" + dump_config(config),
         encoding="utf-8"))
-    summary = _score_best(sweep, best, values, config, log)
+    summary = _score_best(sweep, best, values, config)
     _draw(sweep, trials, complete)
     log(f"{finished} of {sweep.spec.trials} trials finished"
         + (f", {running} still running elsewhere" if running else "")
@@ -461,8 +475,8 @@ def finish_sweep(sweep: Sweep, study, log: Callable[[str], None] = print) -> dic
     return summary
 
 
-def _score_best(sweep: Sweep, best, values: dict[str, Any], config: dict[str, Any],
-                log: Callable[[str], None]) -> dict[str, Any]:
+def _score_best(sweep: Sweep, best, values: dict[str, Any],
+                config: dict[str, Any]) -> dict[str, Any]:
     from mnist_seq.evaluation import evaluate
 
     path = sweep.folder / BEST_JSON
@@ -473,7 +487,7 @@ def _score_best(sweep: Sweep, best, values: dict[str, Any], config: dict[str, An
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("trial") == best.number and saved.get("test_accuracy") is not None:
             return saved
-    if best.user_attrs.get("folder") != str(sweep.folder.absolute()) or not run.finished:
+    if not (sweep.ran_here(best) and run.finished):
         summary["note"] = (f"trial {best.number} ran on {best.user_attrs.get('host')} in "
                            f"{best.user_attrs.get('folder')}; score it there with mnist-seq "
                            "evaluate")
@@ -493,15 +507,14 @@ def _draw(sweep: Sweep, trials: list, complete: list) -> None:
     states = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}
     points = [(t.number, t.value if t.value is not None else
                (t.intermediate_values[max(t.intermediate_values)]
-                if t.intermediate_values else None), states.get(t.state, "failed"))
+                if t.intermediate_values else None), states[t.state])
               for t in trials if t.state in states]
     save_figure(plot_sweep_history(points), sweep.folder / HISTORY_PNG)
     params = {p.key: ([p.value(t.params[p.key]) for t in complete], p.log, p.kind == "choice")
               for p in sweep.spec.params}
     save_figure(plot_sweep_params(params, [t.value for t in complete]),
                 sweep.folder / PARAMS_PNG)
-    here = str(sweep.folder.absolute())
-    top = sorted((t for t in complete if t.user_attrs.get("folder") == here),
+    top = sorted((t for t in complete if sweep.ran_here(t)),
                  key=lambda t: t.value, reverse=True)[:BEST_CURVES]
     histories = {f"trial {t.number}": trial_dir(sweep.folder, t.number).read_history()
                  for t in top}

@@ -25,14 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnist_seq.config import (
-    apply_override,
-    bundled_configs,
-    did_you_mean,
-    load_config,
-    read_yaml,
-    validate,
-)
+from mnist_seq.config import apply_override, bundled_configs, did_you_mean, read_yaml, validate
 from mnist_seq.errors import ConfigError
 
 SPEC_KEYS = ("base", "trials", "seed", "set", "search", "grid")
@@ -87,12 +80,18 @@ class SweepSpec:
             apply_override(raw, key, value)
         return validate(raw)
 
+    def values(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """A trial's config values from what Optuna sampled (its `params`)."""
+        return {p.key: p.value(sampled[p.key]) for p in self.params}
+
     def as_dict(self) -> dict[str, Any]:
-        """What makes two specs the same sweep (the base as read, not its file name)."""
-        return {"base": self.base_raw, "trials": self.trials, "seed": self.seed,
-                "set": self.fixed, "grid": self.grid,
-                "params": [[p.key, p.kind, p.low, p.high, p.step, p.log, list(p.choices)]
-                           for p in self.params]}
+        """What makes two specs the same sweep (the base as read, not its file name), as
+        plain JSON values, so that it compares equal to a copy read back from JSON."""
+        return json.loads(json.dumps(
+            {"base": self.base_raw, "trials": self.trials, "seed": self.seed,
+             "set": self.fixed, "grid": self.grid,
+             "params": [[p.key, p.kind, p.low, p.high, p.step, p.log, list(p.choices)]
+                        for p in self.params]}))
 
 
 def _label(value: Any) -> Any:
@@ -153,8 +152,9 @@ def _read_base(path: Path, base: Any) -> dict[str, Any]:
         return read_yaml(bundled[base])
     file = (path.parent / base) if not Path(base).is_absolute() else Path(base)
     if file.suffix in (".yaml", ".yml") or file.exists():
-        load_config(path=file)  # the base must be a valid config by itself
-        return read_yaml(file)
+        raw = read_yaml(file)
+        validate(raw)  # the base must be a valid config by itself
+        return raw
     raise ConfigError(f"{path}: base: '{base}' is neither a bundled config "
                       f"({', '.join(bundled)}) nor a config file.{did_you_mean(base, bundled)}")
 
