@@ -175,7 +175,7 @@ def plot_sweep_params(params: dict[str, tuple[list, bool, bool]], values: list[f
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False, sharey=True)
     for ax, (key, (xs, log, categorical)) in zip(axes[0], params.items(), strict=True):
         if categorical:
-            labels = sorted({str(x) for x in xs}, key=lambda s: [str(x) for x in xs].index(s))
+            labels = list(dict.fromkeys(str(x) for x in xs))  # in order of first use
             ax.scatter([labels.index(str(x)) for x in xs], values, color="tab:blue")
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
             ax.set_xlim(-0.5, len(labels) - 0.5)
