@@ -1,4 +1,5 @@
-"""Start Keras once, quietly, on the device the user asked for.
+"""Start Keras once, quietly, on the backend (TensorFlow or JAX) and device the user
+asked for.
 
 Everything here runs lazily, at the first command that needs Keras, so that
 `mnist-seq --help` stays instant.
@@ -13,9 +14,36 @@ import sys
 from typing import Any
 
 from mnist_seq.errors import MnistSeqError
-from mnist_seq.options import DEFAULT_OPTIONS, DEVICES, RuntimeOptions
+from mnist_seq.options import BACKENDS, DEFAULT_BACKEND, DEFAULT_OPTIONS, DEVICES, RuntimeOptions
 
-BACKEND = "tensorflow"
+
+def resolve(requested: str | None = None) -> str:
+    """The backend a command runs on: `requested` (--backend), else $KERAS_BACKEND, else
+    TensorFlow. ~/.keras/keras.json is not read: it would otherwise win silently."""
+    chosen = requested or os.environ.get("KERAS_BACKEND") or DEFAULT_BACKEND
+    if chosen not in BACKENDS:
+        where = "--backend" if requested else "KERAS_BACKEND"
+        raise MnistSeqError(f"{where}: got {chosen!r}, expected one of {', '.join(BACKENDS)}")
+    return chosen
+
+
+def choose(requested: str | None = None) -> str:
+    """Fix the backend Keras will start on (`resolve`), before anything imports Keras
+    (downloading MNIST does); returns its name."""
+    wanted = resolve(requested)
+    if "keras" in sys.modules and name() != wanted:
+        # Keras picks its backend once, when it is imported.
+        raise MnistSeqError(f"Keras runs on {name()} in this process already; {wanted} "
+                            "needs a process of its own")
+    os.environ["KERAS_BACKEND"] = wanted
+    return wanted
+
+
+def name() -> str:
+    """The backend Keras runs on (Keras must be set up)."""
+    import keras
+
+    return keras.backend.backend()
 
 
 def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False) -> str:
@@ -24,17 +52,23 @@ def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False
     device, debug = options.device, options.debug
     if device not in DEVICES:
         raise MnistSeqError(f"--device: got {device!r}, expected one of {', '.join(DEVICES)}")
-    # An explicit KERAS_BACKEND beats ~/.keras/keras.json, which would otherwise win silently.
-    os.environ.setdefault("KERAS_BACKEND", BACKEND)
+    wanted = choose(options.backend)
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # must be set before the backend starts
+    if wanted == "jax":
+        return _setup_jax(device, debug, deterministic)
+    return _setup_tensorflow(device, debug, deterministic, options.threads)
+
+
+def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
+                      threads: int | None) -> str:
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # must be set before TensorFlow starts
     # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512
     # VNNI/BF16 or AMX; on AVX2 CPUs (Zen 3, most laptops) they stay off, although they
     # made LeNet up to 1.9x faster on one (as reported to this project; not measured by
     # us). On this project's AVX-512 CPU, turning them off made the unrolled 3-layer
-    # LSTM 1.7x slower (README, Performance). A user's own setting wins; TensorFlow
+    # LSTM 1.7x slower (docs/performance.md). A user's own setting wins; TensorFlow
     # reads it once, when it loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     with _quiet_stderr(enabled=not debug):
@@ -44,10 +78,10 @@ def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False
         tf.get_logger().setLevel("ERROR")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    if options.threads:
+    if threads:
         from mnist_seq import tf_speed
 
-        tf_speed.set_op_threads(options.threads, 1)
+        tf_speed.set_op_threads(threads, 1)
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         cuda = tf.test.is_built_with_cuda()
@@ -61,6 +95,47 @@ def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False
                  for g in gpus]
         return f"GPU ({', '.join(names)})"
     return f"CPU ({os.cpu_count()} cores)"
+
+
+def _setup_jax(device: str, debug: bool, deterministic: bool) -> str:
+    if device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    if deterministic:
+        # XLA's GPU kernels may add in any order unless told not to; on a CPU, XLA's
+        # sums run in a fixed order already.
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
+    try:
+        with _quiet_stderr(enabled=not debug):
+            import jax
+            import keras  # noqa: F401
+
+            devices = jax.devices()
+        _keras_without_tensorflow()
+    except ImportError:
+        raise MnistSeqError("--backend jax needs JAX: pip install 'mnist-seq[jax]' (CPU) "
+                            "or 'mnist-seq[jax-gpu]' (NVIDIA GPUs)") from None
+    gpus = [d for d in devices if d.platform == "gpu"]
+    if device == "gpu" and not gpus:
+        raise MnistSeqError("--device gpu: JAX sees no GPU (pip install "
+                            "'mnist-seq[jax-gpu]', and check the driver)")
+    if gpus:
+        return f"GPU ({', '.join(d.device_kind for d in gpus)})"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def _keras_without_tensorflow() -> None:
+    """Keras imports TensorFlow whenever it is installed (to seed it for tf.data, to check
+    types when saving), which would cost a JAX run about 3 s it has no use for. Keras
+    then runs as it does where TensorFlow is not installed (a JAX-only install)."""
+    if "tensorflow" in sys.modules:
+        return
+    from keras.src.utils import module_utils  # no public switch for this
+
+    lazy = getattr(module_utils, "tensorflow", None)
+    if lazy is not None and getattr(lazy, "_available", None) is None:
+        lazy._available = False
 
 
 @contextlib.contextmanager
@@ -86,21 +161,22 @@ def versions() -> dict[str, Any]:
     """Versions and thread settings a run needs to be repeated."""
     import keras
     import numpy
+
+    facts = {"backend": name(), "python": platform.python_version(),
+             "keras": keras.__version__, "numpy": numpy.__version__,
+             "platform": platform.platform(), "cpu_count": os.cpu_count()}
+    if name() == "jax":
+        import jax
+        import jaxlib
+
+        return {**facts, "jax": jax.__version__, "jaxlib": jaxlib.__version__}
     import tensorflow as tf
 
-    return {
-        "backend": keras.backend.backend(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": numpy.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        # 0 means TensorFlow's default (as many as cores).
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "onednn": onednn_enabled(),
-    }
+    return {**facts, "tensorflow": tf.__version__,
+            # 0 means TensorFlow's default (as many as cores).
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "onednn": onednn_enabled()}
 
 
 def onednn_enabled() -> bool | None:

@@ -11,6 +11,7 @@ import click
 
 from mnist_seq import __version__
 from mnist_seq.errors import MnistSeqError
+from mnist_seq.options import BACKENDS
 
 
 class _Group(click.Group):
@@ -45,14 +46,25 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mnist-seq")
-@click.option("--debug", is_flag=True, help="Show TensorFlow's logs and full tracebacks.")
+@click.option("--debug", is_flag=True, help="Show the backend's logs and full tracebacks.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
     """Train, evaluate and understand MNIST classifiers with Keras."""
     ctx.obj = {"debug": debug}
 
 
+def backend_option(command):
+    """--backend, for every command that loads Keras; kept in the context for `_options`."""
+    def remember(ctx: click.Context, _param, value):
+        ctx.obj["backend"] = value
+
+    return click.option(
+        "--backend", type=click.Choice(BACKENDS), expose_value=False, callback=remember,
+        help="Keras backend (default: $KERAS_BACKEND, else tensorflow).")(command)
+
+
 @cli.command()
+@backend_option
 @click.option("--model", "model_name", metavar="NAME",
               help="A bundled config: lstm (default), lstm-single, cnn, mlp.")
 @click.option("--config", "config_file", metavar="FILE", help="Your own YAML config instead.")
@@ -75,7 +87,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
               show_default=True, help="Where to train.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs.")
 @click.option("--deterministic", is_flag=True,
-              help="TensorFlow op determinism: two runs with the same seed match exactly.")
+              help="Two runs with the same seed match exactly (TensorFlow's op determinism; "
+                   "XLA's deterministic GPU ops on JAX).")
 @click.option("--resume", metavar="RUN_DIR",
               help="Continue a killed or interrupted run from its last completed epoch.")
 @click.pass_context
@@ -121,10 +134,11 @@ def _options(ctx: click.Context, **given):
     """The runtime options of this command: what it was given, and --debug."""
     from mnist_seq.options import RuntimeOptions
 
-    return RuntimeOptions(debug=ctx.obj["debug"], **given)
+    return RuntimeOptions(debug=ctx.obj["debug"], backend=ctx.obj.get("backend"), **given)
 
 
 @cli.command()
+@backend_option
 @click.argument("run_or_model", metavar="RUN_DIR|MODEL.keras")
 @click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
 @click.option("--max-test-samples", type=click.IntRange(min=1), metavar="N",
@@ -147,6 +161,7 @@ def evaluate(ctx: click.Context, run_or_model, data_dir, max_test_samples, as_js
 
 
 @cli.command()
+@backend_option
 @click.argument("model", metavar="RUN_DIR|MODEL.keras")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
 @click.option("--save-input", metavar="DIR", help="Write the 28x28 image the model saw.")
@@ -183,6 +198,7 @@ def plot_history(runs, out, metrics, log_loss) -> None:
 
 
 @cli.command()
+@backend_option
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option("--index", type=click.IntRange(min=0), metavar="N",
               help="Which test digit to show (default 0).")
@@ -203,6 +219,7 @@ def inspect(ctx: click.Context, run_dirs, index, image, data_dir) -> None:
 
 
 @cli.command()
+@backend_option
 @click.argument("run_dir", metavar="RUN_DIR")
 @click.option("--data-dir", metavar="DIR", help="MNIST files, if the run must be evaluated.")
 @click.pass_context
@@ -231,6 +248,7 @@ def runs(root, sort, as_json) -> None:
 
 
 @cli.command()
+@backend_option
 @click.argument("spec", metavar="SPEC.yaml")
 @click.option("--sweep-dir", metavar="DIR",
               help="The sweep folder: new, or an existing sweep to continue (default: "
@@ -267,6 +285,7 @@ def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, d
 
 
 @cli.command()
+@backend_option
 @click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 makes the page reachable from the network.")
@@ -295,9 +314,9 @@ def main() -> None:
             click.echo(e.code, err=True)
     else:
         code = 0
-    if "tensorflow" in sys.modules:
-        # Every file is written and closed by now; TensorFlow's teardown at interpreter
-        # exit would take another half second, so leave at once.
+    if "keras" in sys.modules:
+        # Every file is written and closed by now; the backend's teardown at interpreter
+        # exit would take another half second (TensorFlow's), so leave at once.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

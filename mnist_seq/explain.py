@@ -100,6 +100,7 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
     runs = [RunDir(r).require_finished() for r in run_dirs]
     configs = [r.read_config() for r in runs]
     run, config = runs[0], configs[0]
+    backend.choose(options.backend)
     data = load_mnist(options.data_dir, config["data"]["dir"])
     if image is not None:
         from mnist_seq.predict import load_inputs

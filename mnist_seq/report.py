@@ -44,11 +44,11 @@ def build_report(run_dir: str | Path, options: RuntimeOptions = DEFAULT_OPTIONS)
         "<h2>Most confidently wrong test digits</h2>", _img(run / RunDir.WORST_ERRORS),
         "<h2>Time per epoch</h2>", _img(seconds_png),
         _table("Speed, device and versions", {
-            key: metrics.get(key) for key in (
+            key: metrics[key] for key in (
                 "train_seconds", "samples_per_second", "epochs", "params", "train_samples",
-                "val_samples", "device", "seed", "python", "tensorflow", "keras", "numpy",
-                "platform", "intra_op_threads", "inter_op_threads", "data_source",
-                "started", "finished", "command")
+                "val_samples", "device", "seed", "backend", "python", "tensorflow", "jax",
+                "keras", "numpy", "platform", "intra_op_threads", "inter_op_threads",
+                "data_source", "started", "finished", "command") if key in metrics
         }),
         "<h2>Config</h2>", f"<pre>{_e(config)}</pre>",
     ]

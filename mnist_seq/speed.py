@@ -15,6 +15,7 @@ from typing import Any
 
 from mnist_seq.config import OPTIMIZERS
 
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 # Optimizers whose update has a fused TensorFlow op (tf_speed.fuse_optimizer_updates).
 FUSABLE = ("adam", "adamw", "rmsprop")
 # Validation batch for one-call epochs: bigger batches cost the MLP less per epoch, with
@@ -71,13 +72,14 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_precision(setting: str, model_type: str, machine: Machine) -> str:
+def choose_precision(setting: str, model_type: str, machine: Machine,
+                     backend: str = "tensorflow") -> str:
     """Resolve `train.precision: auto`. Measured on a 2-core AVX512-BF16 CPU: bfloat16
-    made LeNet about 1.6x faster and the MLP no faster; LSTMs stay float32 (bf16 hurts
-    their recurrence)."""
+    made LeNet about 1.6x faster on TensorFlow, 1.12x slower on JAX, and the MLP no
+    faster; LSTMs stay float32 (bf16 hurts their recurrence)."""
     if setting != "auto":
         return setting
-    if model_type == "cnn" and not machine.gpu and machine.bf16:
+    if model_type == "cnn" and not machine.gpu and machine.bf16 and backend == "tensorflow":
         return "mixed_bfloat16"
     return "float32"
 
@@ -88,8 +90,9 @@ def choose_xla(setting: str, on_gpu: bool, backend: str = "tensorflow") -> bool 
     slower (XLA's CPU convolutions lose to oneDNN), the looped LSTM slower than the
     unrolled one without XLA, and the MLP 1.2-1.5x faster per epoch but about 1 s
     slower to start, about even over its 5 epochs, with a lower seed-0 accuracy
-    (README, Performance). Elsewhere "auto" leaves it to Keras: on a GPU, XLA except
-    where a layer cannot be compiled (the cuDNN LSTM)."""
+    (docs/performance.md). Elsewhere "auto" leaves it to Keras: on a GPU, XLA except
+    where a layer cannot be compiled (the cuDNN LSTM); on JAX, which compiles
+    everything with XLA, always."""
     if setting != "auto":
         return setting == "enabled"
     return "auto" if on_gpu or backend != "tensorflow" else False
@@ -101,11 +104,13 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     mcfg, tcfg = config["model"], config["train"]
     kind = mcfg["type"]
     tf_cpu = backend == "tensorflow" and not machine.gpu and not distributed
-    precision = choose_precision(tcfg["precision"], kind, machine)
-    # On a CPU, unrolling the 28 steps beats Keras's while-loop: the 3-layer LSTM
-    # trained 1.39x faster per epoch for 2.6 s more compiling (README, Performance).
-    # On a GPU the cuDNN kernel is faster still, and unrolling would rule it out.
-    unroll = kind == "lstm" and not machine.gpu
+    precision = choose_precision(tcfg["precision"], kind, machine, backend)
+    # On a CPU, unrolling the 28 steps beats TensorFlow's while-loop: the 3-layer LSTM
+    # trained 1.39x faster per epoch for 2.6 s more compiling. On JAX it is the other
+    # way round: its scan trained 3x faster than the unrolled graph, and compiled 20 s
+    # sooner (docs/performance.md). On a GPU the cuDNN kernel is faster still, and
+    # unrolling would rule it out.
+    unroll = kind == "lstm" and not machine.gpu and backend == "tensorflow"
     xla = choose_xla(tcfg["xla"], machine.gpu, backend)
     # The unrolled graph has many small ops that do not depend on each other (layer 2
     # at row t beside layer 1 at row t+1): on 2 cores, two ops at once on one thread
@@ -122,19 +127,22 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     fused = kind in ("mlp", "cnn") and tf_cpu and tcfg["optimizer"] in FUSABLE
     spe = 1 if one_call else tcfg["steps_per_execution"]
 
-    notes = [f"precision {precision}",
+    notes = [BACKEND_NAMES.get(backend, backend), f"precision {precision}",
              "each epoch in one call, batches sliced in the graph" if one_call else
              f"{spe} steps per execution",
-             {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]]
+             _xla_words(xla, backend)]
     if op_threads:
         intra = op_threads[0]
         notes.append(f"2 ops at a time, {intra} thread{'s' if intra > 1 else ''} each")
-    if machine.onednn is not None and not machine.gpu:
+    if machine.onednn is not None and not machine.gpu and backend == "tensorflow":
         notes.append("oneDNN on" if machine.onednn else
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
     if kind == "lstm":
-        if unroll:
+        if not machine.gpu and not unroll:
+            notes.append("LSTM kernel: generic, Keras's loop over the 28 rows (CPU; cuDNN "
+                         "needs a GPU)")
+        elif unroll:
             notes.append("LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs "
                          "a GPU)")
         elif mcfg["recurrent_dropout"]:
@@ -149,6 +157,12 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
                      pixels_in_graph=backend == "tensorflow",
                      line=", ".join(notes))
+
+
+def _xla_words(xla: bool | str, backend: str) -> str:
+    if backend == "jax":  # Keras's "auto" compiles every step on JAX
+        return "XLA off: JAX runs eagerly, many times slower" if xla is False else "XLA on"
+    return {True: "XLA on", False: "XLA off", "auto": "XLA where Keras can use it"}[xla]
 
 
 def apply_before_build(plan: SpeedPlan) -> list[str]:

@@ -159,8 +159,10 @@ def _exclusive(folder: Path) -> Iterator[None]:
 
 def _check_data(spec: SweepSpec, options: RuntimeOptions) -> None:
     """Missing data is said before any trial starts, not as a failure in each."""
+    from mnist_seq import backend
     from mnist_seq.data import load_mnist
 
+    backend.choose(options.backend)
     load_mnist(options.data_dir, spec.config({})["data"]["dir"])
 
 
@@ -263,15 +265,18 @@ def _fail_abandoned(sweep: Sweep, study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not sweep.ran_here(t):
             continue
-        run, values = trial_dir(sweep.folder, t.number), sweep.spec.values(t.params)
+        # A trial killed inside `study.ask` has only some of its params, and no folder:
+        # its values are read only where its run folder exists.
+        run = trial_dir(sweep.folder, t.number)
         if run.finished:
             value = run.read_metrics()["final_val_accuracy"]
-            _mark(run, t.number, values, "complete", value=value)
+            _mark(run, t.number, sweep.spec.values(t.params), "complete", value=value)
             study.tell(t.number, value)
             continue
         study.tell(t.number, state=TrialState.FAIL)
         if run.path.is_dir():
-            _mark(run, t.number, values, "interrupted", "stopped by a kill")
+            _mark(run, t.number, sweep.spec.values(t.params), "interrupted",
+                  "stopped by a kill")
 
 
 def _mark(run: RunDir, number: int, values: dict[str, Any], state: str, note: str = "",

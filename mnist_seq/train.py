@@ -100,8 +100,8 @@ def build(config: dict[str, Any], data: Data, options: RuntimeOptions,
     import keras
 
     keras.utils.set_random_seed(config["train"]["seed"])
-    machine = speed.machine_facts(where.startswith("GPU"), backend.BACKEND, options.threads)
-    plan = speed.plan_speed(config, machine, backend.BACKEND)
+    machine = speed.machine_facts(where.startswith("GPU"), backend.name(), options.threads)
+    plan = speed.plan_speed(config, machine, backend.name())
     notes = speed.apply_before_build(plan)
     model = compile_model(config, len(data.x_train), plan)
     notes += speed.apply_to_model(plan, model)
@@ -198,6 +198,7 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     tcfg = config["train"]
     # Read first: a run that cannot be resumed is said before the data and Keras load.
     rows, restore = run.resume_point() if resume else ([], None)
+    backend.choose(options.backend)
     data = load_data(config, options)
     for note in data.notes:
         log(f"Note: {note}")

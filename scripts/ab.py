@@ -2,8 +2,9 @@
 
     python scripts/ab.py mlp --samples 30000 --epochs 9 --repeats 3 spe=16 spe=64 spe=64,xla=1
 
-A variant is comma-separated key=value: spe (steps per execution), prec (Keras
-dtype policy), xla (0/1), unroll (0/1, LSTMs), batch, threads (intra:inter op
+A variant is comma-separated key=value: backend (tensorflow or jax), spe (steps
+per execution), prec (Keras dtype policy), xla (0/1; JAX without it runs eagerly,
+so it defaults to 1 there), unroll (0/1, LSTMs), batch, threads (intra:inter op
 threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
 update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
 (validation batch size, default the training batch). Each process trains the
@@ -24,10 +25,11 @@ import sys
 
 WORKER = r"""
 import json, os, sys, time
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 name, variant, n, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 v = dict(kv.split("=") for kv in variant.split(",") if kv)
+os.environ["KERAS_BACKEND"] = v.get("backend", "tensorflow")
+jax = v.get("backend") == "jax"
 if "onednn" in v:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
@@ -46,7 +48,7 @@ keras.mixed_precision.set_global_policy(v.get("prec", "float32"))
 model = build_model(cfg["model"], unroll=v.get("unroll", "0") == "1")
 model.compile(optimizer=make_optimizer(cfg["train"], 100), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"], steps_per_execution=int(v.get("spe", 1)),
-              jit_compile=v.get("xla", "0") == "1")
+              jit_compile=v.get("xla", "1" if jax else "0") == "1")
 if v.get("fused", "0") == "1":
     assert fuse_optimizer_updates(model.optimizer, model.trainable_variables)
 times = []

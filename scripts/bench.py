@@ -1,20 +1,22 @@
-"""Side-by-side speed benchmark: mnist-seq vs plain Keras vs plain PyTorch.
+"""Side-by-side speed benchmark: mnist-seq on TensorFlow and on JAX, plain Keras, plain
+PyTorch.
 
-For each seed config, the three contenders train the same model on the same real
-MNIST slice, one after the other and alternating over repeats, each in a fresh
-process. Reported per contender (medians over repeats): steady-state samples per
-second (training samples over the median epoch after the first), end-to-end
-samples per second (whole process: start-up, data loading, compilation, training),
-and peak memory (max RSS). The ratios are medians of each repeat's own ratio: the
-contenders of one repeat run minutes apart, so drift in the machine's speed (up to
-2x over tens of minutes on a shared 2-core VM) cancels out better than in a ratio
-of medians. Also: `mnist-seq --help` latency, data-loading time, evaluation
-throughput.
+For each seed config, the contenders (`mnist-seq` on TensorFlow, `mnist-seq
+--backend jax`, the seed example's plain Keras script on TensorFlow, the same model
+in plain PyTorch) train the same model on the same real MNIST slice, one after the
+other and alternating over repeats, each in a fresh process. Reported per
+contender (medians over repeats): steady-state samples per second (training
+samples over the median epoch after the first), end-to-end samples per second
+(whole process: start-up, data loading, compilation, training), and peak memory
+(max RSS). The ratios are medians of each repeat's own ratio: the contenders of
+one repeat run minutes apart, so drift in the machine's speed (up to 2x over tens
+of minutes on a shared 2-core VM) cancels out better than in a ratio of medians.
+Also: `mnist-seq --help` latency, data-loading time, evaluation throughput.
 
-    python scripts/bench.py --samples 20000 --epochs 3 --repeats 3 [--json out.json]
+    python scripts/bench.py --samples 12000 --epochs 3 --repeats 3 [--json out.json]
 
-PyTorch is optional (`pip install torch==2.13.0`, the bench-only extra); without
-it that column is left out. Needs MNIST_SEQ_DATA (or --data-dir).
+JAX and PyTorch are optional (`pip install '.[jax,bench]'`); without one, its
+column is left out. Needs MNIST_SEQ_DATA (or --data-dir).
 """
 
 from __future__ import annotations
@@ -169,17 +171,24 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str
     return wall, usage.ru_maxrss / 1024, stdout
 
 
+# The contenders, and the ratios the table shows (numerator, denominator).
+MNIST_SEQ = {"mnist-seq": "tensorflow", "mnist-seq-jax": "jax"}
+RATIOS = [("mnist-seq-jax", "mnist-seq"), ("mnist-seq", "keras"), ("mnist-seq", "torch"),
+          ("mnist-seq-jax", "torch")]
+
+
 def contender_cmd(who: str, name: str, cfg: dict, args, tmp: Path) -> list[str]:
-    if who == "mnist-seq":
+    if who in MNIST_SEQ:
         return [sys.executable, "-m", "mnist_seq", "train", "--model", name, "--max-train-samples",
                 str(args.samples), "--epochs", str(args.epochs), "--max-test-samples", "1000",
-                "--device", "cpu", "--run-dir", str(tmp / f"{name}-{time.time_ns()}")]
+                "--device", "cpu", "--backend", MNIST_SEQ[who],
+                "--run-dir", str(tmp / f"{name}-{time.time_ns()}")]
     worker = KERAS_WORKER if who == "keras" else TORCH_WORKER
     return [sys.executable, "-c", worker, json.dumps(cfg)]
 
 
 def parse_result(who: str, out: str, run_dir: Path | None) -> tuple[list[float], int]:
-    if who == "mnist-seq":
+    if who in MNIST_SEQ:
         from mnist_seq.rundir import RunDir
 
         run = RunDir(run_dir)
@@ -203,13 +212,13 @@ def main() -> None:
            "PYTHONUNBUFFERED": "1"}
     # Every contender runs with its defaults: the plain Keras script does not set this.
     env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    try:
-        import torch  # noqa: F401
+    import importlib.util
 
-        contenders = ["mnist-seq", "keras", "torch"]
-    except ImportError:
-        contenders = ["mnist-seq", "keras"]
-        print("(PyTorch not installed: pip install torch==2.13.0 to add that column)")
+    contenders = [who for who, module in (("mnist-seq", "tensorflow"), ("mnist-seq-jax", "jax"),
+                                          ("keras", "tensorflow"), ("torch", "torch"))
+                  if importlib.util.find_spec(module)]
+    ratios = [(a, b) for a, b in RATIOS if a in contenders and b in contenders]
+    print(f"contenders: {', '.join(contenders)} (pip install '.[jax,bench]' for all four)")
 
     from mnist_seq.config import load_config
 
@@ -230,14 +239,14 @@ def main() -> None:
                 for who in order:
                     cmd = contender_cmd(who, name, cfg, args, tmp)
                     wall, rss, out = run_measured(cmd, env)
-                    run_dir = Path(cmd[-1]) if who == "mnist-seq" else None
+                    run_dir = Path(cmd[-1]) if who in MNIST_SEQ else None
                     seconds, n = parse_result(who, out, run_dir)
                     steady = n / statistics.median(seconds[1:]) if len(seconds) > 1 \
                         else float("nan")
                     runs[who].append({"steady": steady, "end_to_end": n * len(seconds) / wall,
                                       "wall": wall, "rss_mib": rss})
                     epochs[who].append([round(t, 3) for t in seconds])
-                    print(f"  {name:<5} {who:<9} rep {rep + 1}: steady {steady:8.0f} samples/s,"
+                    print(f"  {name:<5} {who:<13} rep {rep + 1}: steady {steady:8.0f} samples/s,"
                           f" end-to-end {n * len(seconds) / wall:8.0f} samples/s, "
                           f"{wall:6.1f} s, {rss:6.0f} MiB", flush=True)
             results["configs"][name] = {
@@ -247,13 +256,13 @@ def main() -> None:
             # Every epoch's seconds, repeat by repeat: the medians hide how epochs vary.
             results["epoch_seconds"][name] = epochs
             results["ratios"][name] = {
-                f"{key} / {other}": statistics.median(
-                    a[key] / b[key] for a, b in zip(runs["mnist-seq"], runs[other], strict=True))
-                for other in contenders[1:] for key in ("steady", "end_to_end")
+                f"{key}: {a} / {b}": statistics.median(
+                    x[key] / y[key] for x, y in zip(runs[a], runs[b], strict=True))
+                for a, b in ratios for key in ("steady", "end_to_end")
             }
         results["extras"] = extras(env, tmp)
 
-    print_table(results, contenders)
+    print_table(results, contenders, ratios)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
@@ -299,24 +308,19 @@ def extras(env: dict[str, str], tmp: Path) -> dict[str, float]:
             "cnn_eval_samples_per_second": statistics.median(evals)}
 
 
-def print_table(results: dict, contenders: list[str]) -> None:
+def print_table(results: dict, contenders: list[str], ratios: list[tuple[str, str]]) -> None:
     print()
-    head = "| config | measure | " + " | ".join(contenders) + " | mnist-seq / keras |"
-    if "torch" in contenders:
-        head += " mnist-seq / torch |"
+    head = ("| config | measure | " + " | ".join(contenders) + " | "
+            + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for name, by in results["configs"].items():
         for key, label in (("steady", "steady samples/s"), ("end_to_end", "end-to-end samples/s"),
                            ("rss_mib", "peak memory (MiB)")):
             cells = [f"{by[who][key]:.0f}" for who in contenders]
-            row = f"| {name} | {label} | " + " | ".join(cells) + " |"
-            if key != "rss_mib":
-                row += "".join(f" {results['ratios'][name][f'{key} / {other}']:.2f}x |"
-                               for other in contenders[1:])
-            else:
-                row += " |" + (" |" if "torch" in contenders else "")
-            print(row)
+            cells += [f"{results['ratios'][name][f'{key}: {a} / {b}']:.2f}x"
+                      if key != "rss_mib" else "" for a, b in ratios]
+            print(f"| {name} | {label} | " + " | ".join(cells) + " |")
     e = results["extras"]
     print(f"\nmnist-seq --help: {e['help_seconds']:.2f} s; loading MNIST (IDX .gz): "
           f"{e['load_seconds']:.2f} s; CNN evaluation: {e['cnn_eval_samples_per_second']:.0f} "

@@ -94,6 +94,8 @@ def main() -> None:
             "# Results over seeds", "",
             "Test accuracy of each bundled config trained in full with each seed, scored "
             "once on the 10,000 test images with the final model (the last epoch's). "
+            "The times are not speed figures: the runs shared the machine with other "
+            "work, or waited paused (see [performance.md](performance.md) for speed). "
             "Produced by:", "", "```bash", f"MNIST_SEQ_DATA=../shared/data/mnist {command}",
             "```", "", *summary, "", "Per seed:", "", *per_seed, ""]))
         print(f"wrote {args.write}")

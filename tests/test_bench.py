@@ -26,12 +26,15 @@ def test_bench_runs_on_a_tiny_slice(data_dir, tmp_path):
     assert "| mlp | steady samples/s |" in result.stdout
     data = json.loads(out.read_text())
     mlp = data["configs"]["mlp"]
-    assert {"mnist-seq", "keras"} <= set(mlp)
+    assert {"mnist-seq", "mnist-seq-jax", "keras"} <= set(mlp)
     for who in mlp.values():
         assert who["steady"] > 0 and who["end_to_end"] > 0 and who["rss_mib"] > 50
     # One repeat: each ratio is that repeat's own.
-    ratio = data["ratios"]["mlp"]["steady / keras"]
+    ratio = data["ratios"]["mlp"]["steady: mnist-seq / keras"]
     assert ratio == pytest.approx(mlp["mnist-seq"]["steady"] / mlp["keras"]["steady"])
+    ratio = data["ratios"]["mlp"]["end_to_end: mnist-seq-jax / mnist-seq"]
+    assert ratio == pytest.approx(mlp["mnist-seq-jax"]["end_to_end"]
+                                  / mlp["mnist-seq"]["end_to_end"])
     assert 0 < data["extras"]["help_seconds"] < 30
     # Every epoch of every repeat is kept: two epochs, one repeat, per contender.
     assert all(len(reps) == 1 and len(reps[0]) == 2

@@ -1,0 +1,164 @@
+"""The JAX backend through every command, each in a process of its own (Keras picks its
+backend once per process; this test process runs TensorFlow): train, evaluate, predict,
+inspect, resume after a kill, Ctrl-C, divergence, determinism, and models that score
+the same under either backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import SMOKE, run
+from test_robustness import assert_complete_run, wait_for_epochs
+
+pytest.importorskip("jax", reason="pip install 'mnist-seq[jax]'")
+
+
+def jax_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`mnist-seq COMMAND ... --backend jax` in a fresh process."""
+    out = subprocess.run([sys.executable, "-m", "mnist_seq", *args, "--backend", "jax"],
+                         capture_output=True, text=True)
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def test_unknown_backends_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from mnist_seq.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", "--backend", "torch"])
+    assert result.exit_code == 2 and "'torch' is not one of 'tensorflow', 'jax'" in result.output
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    out = subprocess.run([sys.executable, "-m", "mnist_seq", "train", "--model", "mlp",
+                          "--run-dir", str(tmp_path / "never")], capture_output=True, text=True,
+                         env=env)
+    assert out.returncode != 0 and out.stderr.strip() == (
+        "Error: KERAS_BACKEND: got 'torch', expected one of tensorflow, jax")
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mlp", "cnn", "lstm"])
+def test_every_command_on_jax_and_the_same_scores_on_tensorflow(model, data_dir, tmp_path):
+    run_dir = tmp_path / model
+    out = jax_cli("train", "--model", model, *SMOKE, "--data-dir", str(data_dir),
+                  "--run-dir", str(run_dir))
+    assert "Speed: JAX, precision float32" in out.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["backend"] == "jax" and "jax" in metrics and "tensorflow" not in metrics
+
+    on_jax = json.loads(jax_cli("evaluate", str(run_dir), "--data-dir", str(data_dir),
+                                "--max-test-samples", "500", "--json").stdout)
+    assert on_jax["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    digits = tmp_path / "digits.npy"
+    np.save(digits, _test_digits(data_dir))
+    jax_probs = _probabilities(jax_cli("predict", str(run_dir), str(digits), "--json").stdout)
+    inspected = jax_cli("inspect", str(run_dir), "--data-dir", str(data_dir)).stdout
+    assert inspected.count("Wrote ") >= 2 and all(
+        Path(line.split("Wrote ", 1)[1]).stat().st_size > 0
+        for line in inspected.splitlines() if line.startswith("Wrote "))
+
+    # The model trained on JAX, read by TensorFlow (this process).
+    result = run("evaluate", str(run_dir), "--data-dir", str(data_dir), "--max-test-samples",
+                 "500", "--json")
+    assert result.exit_code == 0, result.output
+    on_tf = json.loads(result.output)
+    assert on_tf["accuracy"] == on_jax["accuracy"]
+    assert on_tf["loss"] == pytest.approx(on_jax["loss"], rel=1e-4)
+    result = run("predict", str(run_dir), str(digits), "--json")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(_probabilities(result.output), jax_probs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_tensorflow_model_predicts_the_same_on_jax(data_dir, tmp_path):
+    run_dir = tmp_path / "tf-lstm"
+    result = run("train", "--model", "lstm-single", *SMOKE, "--data-dir", str(data_dir),
+                 "--run-dir", str(run_dir))
+    assert result.exit_code == 0, result.output
+    digits = tmp_path / "digits.npy"
+    np.save(digits, _test_digits(data_dir))
+    result = run("predict", str(run_dir), str(digits), "--json")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(
+        _probabilities(jax_cli("predict", str(run_dir), str(digits), "--json").stdout),
+        _probabilities(result.output), atol=1e-5)
+
+
+def test_a_jax_run_never_imports_tensorflow(data_dir, tmp_path):
+    code = ("import sys; from mnist_seq.cli import cli\n"
+            f"try: cli(['train', '--backend', 'jax', '--model', 'mlp', '--epochs', '1', "
+            f"'--max-train-samples', '200', '--max-test-samples', '100', '--data-dir', "
+            f"{str(data_dir)!r}, '--run-dir', {str(tmp_path / 'run')!r}])\n"
+            "except SystemExit as e: assert not e.code, e.code\n"
+            "print('tensorflow' in sys.modules, 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False True"
+
+
+@pytest.mark.slow
+def test_killed_then_resumed_on_jax(data_dir, tmp_path):
+    run_dir = tmp_path / "killed"
+    args = ["train", "--model", "lstm", "--set", "model.units=[32]", "--max-train-samples",
+            "4000", "--batch-size", "16", "--epochs", "3", "--max-test-samples", "300",
+            "--device", "cpu", "--backend", "jax", "--data-dir", str(data_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_seq", *args, "--run-dir",
+                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    wait_for_epochs(run_dir, 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+    out = jax_cli("train", "--resume", str(run_dir), "--data-dir", str(data_dir))
+    assert "Resuming" in out.stdout
+    assert_complete_run(run_dir, 3)
+
+    # Ctrl-C: stops after the batch, says how to resume, exit 130.
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "mnist_seq", *args, "--run-dir",
+                             str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    wait_for_epochs(stopped, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, text
+    assert f"Resume with: mnist-seq train --resume {stopped}" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_divergence_and_determinism_on_jax(data_dir, tmp_path):
+    # Enough batches for the epoch's mean loss to leave the first batches' 2.3 behind.
+    out = jax_cli("train", "--model", "mlp", *SMOKE, "--max-train-samples", "3000",
+                  "--learning-rate", "1e3", "--data-dir", str(data_dir), "--run-dir",
+                  str(tmp_path / "diverged"), check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("Error: training diverged: the loss became ")
+    histories = []
+    for name in ("one", "two"):
+        jax_cli("train", "--model", "cnn", *SMOKE, "--epochs", "2", "--seed", "5",
+                "--deterministic", "--data-dir", str(data_dir), "--run-dir",
+                str(tmp_path / name))
+        rows = json.loads((tmp_path / name / "history.json").read_text())
+        histories.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+    assert histories[0] == histories[1]
+
+
+def _test_digits(data_dir: Path) -> np.ndarray:
+    from mnist_seq.data import load_mnist
+
+    return load_mnist(data_dir).x_test[:5]
+
+
+def _probabilities(predict_json: str) -> np.ndarray:
+    """Each input's top-3 classes and probabilities, from `predict --json`."""
+    return np.array([[(t["class"], t["probability"]) for t in r["top"]]
+                     for r in json.loads(predict_json)])
