@@ -11,7 +11,7 @@ import click
 
 from mnist_seq import __version__
 from mnist_seq.errors import MnistSeqError
-from mnist_seq.options import BACKENDS
+from mnist_seq.options import BACKENDS, DEVICES
 
 
 class _Group(click.Group):
@@ -83,7 +83,7 @@ def backend_option(command):
 @click.option("--run-dir", metavar="DIR", help="Run folder to create (must not exist).")
 @click.option("--runs-root", default="runs", show_default=True, metavar="DIR",
               help="Where new run folders go.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+@click.option("--device", type=click.Choice(DEVICES), default="auto",
               show_default=True, help="Where to train.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs.")
 @click.option("--deterministic", is_flag=True,
@@ -262,7 +262,7 @@ def runs(root, sort, as_json) -> None:
 @click.option("--prune", is_flag=True,
               help="Stop poor trials early from their per-epoch validation accuracy.")
 @click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+@click.option("--device", type=click.Choice(DEVICES), default="auto",
               show_default=True, help="Where to train.")
 @click.pass_context
 def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, data_dir,
@@ -291,7 +291,7 @@ def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, d
               help="Address to listen on; 0.0.0.0 makes the page reachable from the network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+@click.option("--device", type=click.Choice(DEVICES), default="auto",
               show_default=True, help="Where the models run.")
 @click.pass_context
 def serve(ctx: click.Context, run_dirs, host, port, open_browser, device) -> None:

@@ -139,12 +139,9 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
     if kind == "lstm":
-        if not machine.gpu and not unroll:
-            notes.append("LSTM kernel: generic, Keras's loop over the 28 rows (CPU; cuDNN "
-                         "needs a GPU)")
-        elif unroll:
-            notes.append("LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs "
-                         "a GPU)")
+        if not machine.gpu:
+            how = "unrolled over" if unroll else "Keras's loop over"
+            notes.append(f"LSTM kernel: generic, {how} the 28 rows (CPU; cuDNN needs a GPU)")
         elif mcfg["recurrent_dropout"]:
             notes.append("LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN")
         else:
