@@ -14,7 +14,14 @@ import sys
 from typing import Any
 
 from mnist_seq.errors import MnistSeqError
-from mnist_seq.options import BACKENDS, DEFAULT_BACKEND, DEFAULT_OPTIONS, DEVICES, RuntimeOptions
+from mnist_seq.options import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_OPTIONS,
+    DEVICES,
+    DistributeOptions,
+    RuntimeOptions,
+)
 
 
 def resolve(requested: str | None = None) -> str:
@@ -56,12 +63,12 @@ def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"  # must be set before the backend starts
     if wanted == "jax":
-        return _setup_jax(device, debug, deterministic)
-    return _setup_tensorflow(device, debug, deterministic, options.threads)
+        return _setup_jax(device, debug, deterministic, options.distribute)
+    return _setup_tensorflow(device, debug, deterministic, options.threads, options.distribute)
 
 
 def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
-                      threads: int | None) -> str:
+                      threads: int | None, distribute: DistributeOptions | None) -> str:
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512
@@ -82,6 +89,10 @@ def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
         from mnist_seq import tf_speed
 
         tf_speed.set_op_threads(threads, 1)
+    if distribute:
+        from mnist_seq import distribute as dist
+
+        dist.start_tensorflow(distribute)
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
         cuda = tf.test.is_built_with_cuda()
@@ -97,7 +108,8 @@ def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def _setup_jax(device: str, debug: bool, deterministic: bool) -> str:
+def _setup_jax(device: str, debug: bool, deterministic: bool,
+               distribute: DistributeOptions | None) -> str:
     if device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     if deterministic:
@@ -109,6 +121,11 @@ def _setup_jax(device: str, debug: bool, deterministic: bool) -> str:
     try:
         with _quiet_stderr(enabled=not debug):
             import jax
+
+            if distribute:  # before JAX's first use: it fixes the devices and processes
+                from mnist_seq import distribute as dist
+
+                dist.start_jax(distribute)
             import keras  # noqa: F401
 
             devices = jax.devices()

@@ -91,14 +91,36 @@ def backend_option(command):
                    "XLA's deterministic GPU ops on JAX).")
 @click.option("--resume", metavar="RUN_DIR",
               help="Continue a killed or interrupted run from its last completed epoch.")
+@click.option("--distribute", is_flag=True,
+              help="Train one model on every device this run sees, and on JAX on every "
+                   "process of the cluster; the batch size is the global batch.")
+@click.option("--num-processes", type=click.IntRange(min=1), metavar="N",
+              help="JAX: how many processes train together (with --process-id and "
+                   "--coordinator; implies --distribute).")
+@click.option("--process-id", type=click.IntRange(min=0), metavar="I",
+              help="JAX: this process's index, 0 to N-1; process 0 writes the run folder.")
+@click.option("--coordinator", metavar="HOST:PORT",
+              help="JAX: where process 0 listens for the others.")
+@click.option("--cpu-devices", type=click.IntRange(min=1), metavar="N",
+              help="Split the CPU into N logical devices (to try --distribute without GPUs).")
 @click.pass_context
 def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size, learning_rate,
           seed, max_train_samples, max_test_samples, data_dir, run_dir, runs_root, device,
-          tensorboard, deterministic, resume) -> None:
+          tensorboard, deterministic, resume, distribute, num_processes, process_id,
+          coordinator, cpu_devices) -> None:
     """Train a model from a YAML config and write a run folder."""
     from pathlib import Path
 
+    from mnist_seq import backend, supervise
+
+    cluster = (num_processes, process_id, coordinator, cpu_devices)
+    spread = distribute or any(v is not None for v in cluster)
+    if spread and backend.resolve(ctx.obj.get("backend")) == "jax" and not supervise.inside():
+        # JAX's runtime may end a process from C++; a child process trains instead.
+        ctx.exit(supervise.run(sys.argv[1:], resume or run_dir or "RUN_DIR", ctx.obj["debug"]))
+
     from mnist_seq.config import load_config, parse_override
+    from mnist_seq.options import DistributeOptions
     from mnist_seq.rundir import RunDir
 
     shortcuts = {
@@ -125,9 +147,11 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
     from mnist_seq.train import train_and_evaluate
 
     options = _options(ctx, device=device, data_dir=data_dir, tensorboard=tensorboard,
-                       command=shlex.join(["mnist-seq", *sys.argv[1:]]))
+                       command=shlex.join(["mnist-seq", *sys.argv[1:]]),
+                       distribute=DistributeOptions(*cluster) if spread else None)
     train_and_evaluate(config, run, options, resume=bool(resume), log=click.echo)
-    click.echo(f"Wrote {run.path}")
+    if run.writer:  # in a run over several processes, process 0
+        click.echo(f"Wrote {run.path}")
 
 
 def _options(ctx: click.Context, **given):

@@ -11,6 +11,22 @@ DEFAULT_BACKEND = "tensorflow"
 
 
 @dataclass(frozen=True)
+class DistributeOptions:
+    """How one model trains on several devices or processes (`train --distribute`).
+
+    num_processes, process_id, coordinator (HOST:PORT): a JAX run over several
+    processes; all None: one process, or whatever `jax.distributed.initialize()`
+    detects by itself (SLURM, Open MPI, Kubernetes). cpu_devices: split the CPU into
+    that many logical devices, to try data parallelism without GPUs.
+    """
+
+    num_processes: int | None = None
+    process_id: int | None = None
+    coordinator: str | None = None
+    cpu_devices: int | None = None
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """Options every command that loads Keras shares.
 
@@ -19,7 +35,8 @@ class RuntimeOptions:
     data_dir: where MNIST is (before $MNIST_SEQ_DATA and the config's data.dir).
     tensorboard: also write TensorBoard logs (train). command: the command line, recorded
     in metrics.json. threads: the CPU cores this process may use (None: all of them; a
-    sweep's workers share the machine).
+    sweep's workers share the machine). distribute: train on every device and process
+    (None: one device).
     """
 
     device: str = "auto"
@@ -29,6 +46,7 @@ class RuntimeOptions:
     tensorboard: bool = False
     command: str = ""
     threads: int | None = None
+    distribute: DistributeOptions | None = None
 
 
 DEFAULT_OPTIONS = RuntimeOptions()

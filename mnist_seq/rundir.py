@@ -16,6 +16,7 @@ in a run spread over several processes only one of them owns the folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -103,7 +104,12 @@ class RunDir:
     def __init__(self, path: str | Path, *, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
-        self._timestamped = False  # a name made from a timestamp may take a -2 suffix
+        # A name made from a timestamp (may take a -2 suffix; another process cannot
+        # know it).
+        self.timestamped = False
+        # Entered around every model save: a distributed run saves outside its
+        # distribution (`distribute.Cluster.alone`).
+        self.save_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -128,7 +134,7 @@ class RunDir:
             run = cls(run_dir, writer=writer)
         else:
             run = cls(Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", writer=writer)
-            run._timestamped = True
+            run.timestamped = True
         # Said now, not after minutes of loading and compiling.
         existing = next(p for p in run.path.absolute().parents if p.exists())
         if writer and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
@@ -143,7 +149,7 @@ class RunDir:
             return self
         base = self.path
         candidates = [base]
-        if self._timestamped:
+        if self.timestamped:
             candidates += [base.with_name(f"{base.name}-{i}") for i in range(2, 100)]
         for path in candidates:
             try:
@@ -154,7 +160,7 @@ class RunDir:
                 raise RunDirError(f"cannot create run folder {path}: {e.strerror or e}") from None
             self.path = path
             return self
-        if not self._timestamped:
+        if not self.timestamped:
             raise _exists(base)
         raise RunDirError(f"could not find a free run folder name next to {base}")
 
@@ -303,7 +309,8 @@ class RunDir:
         path = self._target(name)
         if self.writer:
             weights = path.name.endswith(".weights.h5")
-            atomic_write(path, model.save_weights if weights else model.save)
+            with self.save_scope():
+                atomic_write(path, model.save_weights if weights else model.save)
         return path
 
     def save_figure(self, fig, name: str | Path) -> Path:

@@ -125,11 +125,14 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # are ruled by many small recurrent ops: not measured, left as they were.
     one_call = kind == "mlp" and tf_cpu
     fused = kind in ("mlp", "cnn") and tf_cpu and tcfg["optimizer"] in FUSABLE
-    spe = 1 if one_call else tcfg["steps_per_execution"]
+    # Under TensorFlow's MirroredStrategy, Keras's loop over several steps per call fails
+    # in fit (an unfed placeholder in its while loop, Keras 3.15.1); one step per call works.
+    mirrored = distributed and backend == "tensorflow"
+    spe = 1 if one_call or mirrored else tcfg["steps_per_execution"]
 
     notes = [BACKEND_NAMES.get(backend, backend), f"precision {precision}",
              "each epoch in one call, batches sliced in the graph" if one_call else
-             f"{spe} steps per execution",
+             f"{spe} step{'s' if spe > 1 else ''} per execution",
              _xla_words(xla, backend)]
     if op_threads:
         intra = op_threads[0]

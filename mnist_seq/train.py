@@ -1,16 +1,21 @@
 """Training: `train_and_evaluate(config, run)` in four steps.
 
     data = load_data(config, options)          MNIST, split, before anything is built
-    model, plan = build(config, data, options)  Keras started, speed plan applied, compiled
+    model, plan, where, cluster = build(...)    Keras started, speed plan applied, compiled
     rows = fit(model, plan, config, data, run)  the epochs, recorded as they finish
     metrics = finish(model, plan, ..., run)     model.keras, test score, curves, metrics.json
 
 A run survives being killed: the weights and optimizer state are saved after every
 epoch (RUN/backup), and `resume=True` continues from the last completed epoch.
+
+With `options.distribute`, one model trains on every device of every process
+(`distribute.py`): the config's batch size is the global batch, process 0 alone writes
+the run folder, and validation and test figures cover the whole sets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -23,7 +28,7 @@ import numpy as np
 from mnist_seq import backend, speed
 from mnist_seq.config import OPTIMIZERS
 from mnist_seq.data import load_mnist, split_train_val, to_float
-from mnist_seq.errors import MnistSeqError
+from mnist_seq.errors import ConfigError, MnistSeqError
 from mnist_seq.models import build_model
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.rundir import Rows, RunDir, best_epoch
@@ -94,27 +99,38 @@ def compile_model(config: dict[str, Any], train_samples: int, plan: speed.SpeedP
 
 def build(config: dict[str, Any], data: Data, options: RuntimeOptions,
           log: Callable[[str], None] = print):
-    """Start Keras on the device, plan and apply the speed settings, compile the model.
-    Returns the model, the plan and where it trains, in words."""
+    """Start Keras on the device (and join the other processes), plan and apply the speed
+    settings, compile the model. Returns the model, the plan, where it trains in words,
+    and the `distribute.Cluster` (None when it trains on one device)."""
     where = backend.setup(options, deterministic=config["train"]["deterministic"])
     import keras
 
+    cluster = None
+    if options.distribute:
+        from mnist_seq import distribute
+
+        cluster = distribute.join(backend.name())
+        cluster.check_batch(config["train"]["batch_size"], "train.batch_size")
+        where = f"{where}, {cluster.describe()}"
+    # Every process seeds alike: their initial weights must be the same.
     keras.utils.set_random_seed(config["train"]["seed"])
     machine = speed.machine_facts(where.startswith("GPU"), backend.name(), options.threads)
-    plan = speed.plan_speed(config, machine, backend.name())
+    plan = speed.plan_speed(config, machine, backend.name(), distributed=cluster is not None)
     notes = speed.apply_before_build(plan)
-    model = compile_model(config, len(data.x_train), plan)
+    with cluster.scope() if cluster else contextlib.nullcontext():
+        model = compile_model(config, len(data.x_train), plan)
     notes += speed.apply_to_model(plan, model)
     for note in notes:
         log(f"Note: {note}")
-    return model, plan, where
+    return model, plan, where, cluster
 
 
 def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: RunDir,
         rows: Rows, restore=None, tensorboard: bool = False, extra_callbacks=(),
-        verbose: int | None = None) -> Rows:
+        verbose: int | None = None, cluster=None) -> Rows:
     """Train the remaining epochs, recording each in `rows` and the run folder
-    (`extra_callbacks` run after that)."""
+    (`extra_callbacks` run after that); on JAX over several devices, each process feeds
+    its part of every batch."""
     import keras
 
     from mnist_seq import callbacks as cb
@@ -125,15 +141,22 @@ def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: R
                  cb.EpochCheckpoint(run, restore), *extra_callbacks]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / RunDir.TENSORBOARD)))
-    train = speed.fit_inputs(plan, model, data.x_train, data.y_train, tcfg["batch_size"],
-                             tcfg["seed"])
+    val_batch = plan.validation_batch or tcfg["batch_size"]
+    if cluster and cluster.backend == "jax":
+        train = cluster.train_inputs(data.x_train, data.y_train, tcfg["batch_size"],
+                                     tcfg["seed"], len(rows))
+        validation = {"validation_data": cluster.eval_inputs(data.x_val, data.y_val, val_batch)}
+    else:
+        train = speed.fit_inputs(plan, model, data.x_train, data.y_train, tcfg["batch_size"],
+                                 tcfg["seed"])
+        validation = {"validation_data": (data.x_val, data.y_val),
+                      "validation_batch_size": val_batch}
     with cb.first_ctrl_c_stops(guard):
         model.fit(
             **train,
+            **validation,
             epochs=tcfg["epochs"],
             initial_epoch=len(rows),
-            validation_data=(data.x_val, data.y_val),
-            validation_batch_size=plan.validation_batch or tcfg["batch_size"],
             callbacks=callbacks,
             # A progress bar on a terminal; piped output gets one clean line per epoch.
             verbose=(1 if sys.stdout.isatty() else 2) if verbose is None else verbose,
@@ -142,15 +165,21 @@ def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: R
 
 
 def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: RunDir,
-           rows: Rows, facts: dict[str, Any], score_test: bool = True) -> dict[str, Any]:
+           rows: Rows, facts: dict[str, Any], score_test: bool = True,
+           cluster=None) -> dict[str, Any]:
     """Save the final model, score the test set once (unless told not to: a sweep's
     trials leave it out), draw the curves, write metrics.json (last: it marks the run
     finished) and drop the resume state."""
     from mnist_seq.plotting import plot_curves
 
     run.save_model(model, RunDir.MODEL)
-    test = (model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0,
-                           return_dict=True) if score_test else {})
+    test = {}
+    if score_test and cluster and cluster.backend == "jax":
+        test = model.evaluate(cluster.eval_inputs(data.x_test, data.y_test, 512), verbose=0,
+                              return_dict=True)
+    elif score_test:
+        test = model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0,
+                              return_dict=True)
     train_seconds = sum(r["seconds"] for r in rows)  # summed over every part of a resumed run
     best = rows[best_epoch(rows) or 0]
     metrics = {
@@ -172,6 +201,7 @@ def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run
         "lstm_unrolled": plan.unroll,
         "xla": plan.jit_compile,
         "data_source": data.source,
+        "distributed": cluster.facts() if cluster else None,
         **facts,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **backend.versions(),
@@ -198,13 +228,26 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     tcfg = config["train"]
     # Read first: a run that cannot be resumed is said before the data and Keras load.
     rows, restore = run.resume_point() if resume else ([], None)
-    backend.choose(options.backend)
+    name = backend.choose(options.backend)
+    if options.distribute:
+        from mnist_seq import distribute
+
+        distribute.check(options.distribute, name)
     data = load_data(config, options)
     for note in data.notes:
         log(f"Note: {note}")
-    model, plan, where = build(config, data, options, log)
+    model, plan, where, cluster = build(config, data, options, log)
     if options.tensorboard:
         _require_tensorboard()
+    if cluster and cluster.processes > 1:
+        if run.timestamped:
+            raise ConfigError("a run over several processes needs --run-dir: every process "
+                              "must name the same run folder")
+        run.writer = cluster.writer  # process 0 alone writes the run folder
+        run.save_scope = cluster.alone
+        if not cluster.writer:
+            log = _quiet(log, f"Process {cluster.process} of {cluster.processes}")
+            verbose = 0
     if resume:
         log(f"Resuming {run.path} after epoch {len(rows)} of {tcfg['epochs']}")
     else:
@@ -219,13 +262,29 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     log(f"Run folder: {run.path}")
     facts = {"device": where, "resumed": resume, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
              "command": options.command}
-    fit(model, plan, config, data, run, rows, restore, options.tensorboard, callbacks, verbose)
-    metrics = finish(model, plan, config, data, run, rows, facts, score_test)
+    hint = (f"To resume, start every process again with --resume {run.path} (and its "
+            "--num-processes, --process-id and --coordinator, if given)")
+    with cluster.lost_processes(hint) if cluster else contextlib.nullcontext():
+        fit(model, plan, config, data, run, rows, restore, options.tensorboard, callbacks,
+            verbose, cluster)
+        metrics = finish(model, plan, config, data, run, rows, facts, score_test, cluster)
+    if cluster:
+        cluster.close()
     if score_test:
         log(f"Test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
             f"({len(data.x_test):,} test samples); trained in "
             f"{metrics['train_seconds']:.1f} s")
     return metrics
+
+
+def _quiet(log: Callable[[str], None], who: str) -> Callable[[str], None]:
+    """A process that does not write the run folder says only where it stands and how it
+    ended, each line naming it."""
+    def say(line: str) -> None:
+        if line.startswith(("Training ", "Test accuracy", "Note: ")):
+            log(f"{who}: {line}")
+
+    return say
 
 
 def _require_tensorboard() -> None:

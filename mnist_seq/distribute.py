@@ -1,0 +1,233 @@
+"""One model trained on every device of every process, on the engines made for it.
+
+- JAX: `keras.distribution.DataParallel` over the devices of all processes, which
+  `jax.distributed` joins into one group (gloo collectives between CPUs, NCCL between
+  GPUs). Each process feeds its own part of every global batch (`shards.py`), so
+  Keras's own dataset sharding is off.
+- TensorFlow: `tf.distribute.MirroredStrategy` over this machine's GPUs (or logical
+  CPU devices). Several processes need JAX: MultiWorkerMirroredStrategy fails inside
+  Keras 3's `fit` (keras-team/keras#20585).
+
+`check` runs before anything loads; `start_jax`/`start_tensorflow` while the backend
+starts (device counts and the process group are fixed before its first use); `join`
+then says where this process stands (`Cluster`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mnist_seq.errors import ConfigError, MnistSeqError
+from mnist_seq.options import DistributeOptions
+
+# A process silent this long is taken for dead by JAX's coordination service, which
+# then stops the others (JAX's default is 100 s). A process that dies outright is
+# noticed sooner: its connections close, and the next collective step fails.
+HEARTBEAT_SECONDS = 30
+ENGINES = {"jax": "keras.distribution.DataParallel", "tensorflow": "tf.distribute.MirroredStrategy"}
+
+
+class ProcessLost(MnistSeqError):
+    """Another process of a distributed run stopped."""
+
+
+def check(options: DistributeOptions, backend: str) -> None:
+    """Raise ConfigError for settings that cannot work, before anything loads."""
+    n, i, address = options.num_processes, options.process_id, options.coordinator
+    given = [n is not None, i is not None, address is not None]
+    if any(given) and not all(given):
+        raise ConfigError("--num-processes, --process-id and --coordinator go together (or "
+                          "give none, where jax.distributed finds the cluster by itself: "
+                          "SLURM, Open MPI, Kubernetes)")
+    if n is not None and not 0 <= i < n:
+        raise ConfigError(f"--process-id: got {i}, expected 0 to {n - 1} for {n} processes")
+    if address is not None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--coordinator: got {address!r}, expected HOST:PORT, e.g. "
+                              "10.0.0.1:1234")
+    if backend == "tensorflow" and (n or 1) > 1:
+        raise ConfigError("several processes need --backend jax: TensorFlow's "
+                          "MultiWorkerMirroredStrategy does not work with Keras 3's fit "
+                          "(keras-team/keras#20585); on TensorFlow, --distribute uses this "
+                          "machine's GPUs")
+
+
+def start_jax(options: DistributeOptions) -> None:
+    """Split the CPU into logical devices and join the other processes, if asked (JAX
+    imported, its devices not yet used)."""
+    import jax
+
+    if options.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", options.cpu_devices)
+    # CPUs exchange gradients over TCP with gloo; GPUs use NCCL whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if options.num_processes == 1:
+        return
+    if options.process_id == 0:
+        _require_free_port(options.coordinator)
+    try:
+        jax.distributed.initialize(options.coordinator, options.num_processes,
+                                   options.process_id,
+                                   heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
+    except ValueError:
+        if options.num_processes is None:
+            return  # no cluster found around this process: it trains alone
+        raise
+    except Exception as e:  # the runtime raises its own types; they all mean the same
+        where = options.coordinator or "the detected coordinator"
+        raise MnistSeqError(f"cannot join the other processes at {where}: "
+                            f"{_first_line(e)}") from None
+
+
+def start_tensorflow(options: DistributeOptions) -> None:
+    """Split the CPU into logical devices, if asked (TensorFlow imported, not started)."""
+    import tensorflow as tf
+
+    if options.cpu_devices:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * options.cpu_devices)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where this process stands in a distributed run, and the engine that runs it."""
+
+    backend: str
+    process: int  # this process's index; process 0 writes the run folder
+    processes: int
+    devices: int  # over all processes: every global batch splits into this many parts
+    engine: Any  # the DataParallel distribution or the MirroredStrategy
+
+    @property
+    def writer(self) -> bool:
+        return self.process == 0
+
+    def describe(self) -> str:
+        where = (f"{self.devices} devices in {self.processes} processes"
+                 if self.processes > 1 else f"{self.devices} device"
+                 + ("s" if self.devices > 1 else ""))
+        return f"data parallel over {where} ({ENGINES[self.backend]})"
+
+    def facts(self) -> dict[str, Any]:
+        """What metrics.json records of the distribution."""
+        return {"engine": ENGINES[self.backend], "processes": self.processes,
+                "devices": self.devices}
+
+    def scope(self):
+        """Where the model must be built: the strategy's scope on TensorFlow (JAX's
+        distribution is set for the whole process)."""
+        return self.engine.scope() if self.backend == "tensorflow" else contextlib.nullcontext()
+
+    def check_batch(self, batch: int, what: str) -> None:
+        if self.backend == "jax" and batch % self.devices:
+            raise ConfigError(f"{what}: got {batch}, which does not split evenly over "
+                              f"{self.devices} devices; use a multiple of {self.devices}")
+
+    def train_inputs(self, x: np.ndarray, y: np.ndarray, batch: int, seed: int,
+                     first_epoch: int) -> dict[str, Any]:
+        """JAX: this process's part of every global batch of the training set, in an
+        order each epoch that every process shares (as `model.fit` keyword arguments)."""
+        from mnist_seq.shards import ShardedBatches
+
+        return {"x": ShardedBatches(x, y, batch, self.process, self.processes, self.devices,
+                                    seed, first_epoch), "shuffle": False}
+
+    def eval_inputs(self, x: np.ndarray, y: np.ndarray, batch: int):
+        """JAX: this process's part of every batch of a validation or test set, all of it."""
+        from mnist_seq.shards import ShardedBatches
+
+        return ShardedBatches(x, y, batch, self.process, self.processes, self.devices)
+
+    @contextlib.contextmanager
+    def lost_processes(self, resume_hint: str) -> Iterator[None]:
+        """Turn a collective step that failed because another process stopped into one
+        line that names it (with two processes, the other one; else its host)."""
+        if self.processes == 1:
+            yield
+            return
+        try:
+            yield
+        except Exception as e:  # JAX raises its runtime's errors as several types
+            text = str(e)
+            if isinstance(e, MnistSeqError) or not re.search(
+                    r"[Gg]loo|[Cc]onnection (closed|reset)|UNAVAILABLE|heartbeat|NCCL", text):
+                raise
+            if self.processes == 2:
+                who = f"process {1 - self.process} of 2"
+            else:
+                peer = re.findall(r"\[([^\]]+)\]:\d+", text)
+                who = "a process" + (f" on {peer[-1]}" if peer else "")
+            raise ProcessLost(f"{who} stopped (its connection closed), so process "
+                              f"{self.process} stops too. {resume_hint}") from None
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Outside the distribution, for what one process does by itself: saving a model
+        makes a few variables of its own, and under the distribution every process
+        would have to make them together."""
+        if self.backend != "jax":
+            yield
+            return
+        import keras
+
+        keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(self.engine)
+
+    def close(self) -> None:
+        """Leave the process group together with the others, after a run that ended well
+        (a process that left alone would look dead to those still working)."""
+        if self.backend == "jax" and self.processes > 1:
+            import jax
+
+            jax.distributed.shutdown()
+
+
+def join(backend: str) -> Cluster:
+    """The distribution over every device this run can see (the backend started, with
+    `start_jax`/`start_tensorflow` done)."""
+    if backend == "jax":
+        import jax
+        import keras
+
+        devices = jax.devices()
+        distribution = keras.distribution.DataParallel(devices=devices)
+        distribution.auto_shard_dataset = False  # each process feeds its own part
+        keras.distribution.set_distribution(distribution)
+        return Cluster("jax", jax.process_index(), jax.process_count(), len(devices),
+                       distribution)
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+    return Cluster("tensorflow", 0, 1, strategy.num_replicas_in_sync, strategy)
+
+
+def _require_free_port(address: str) -> None:
+    """Process 0 serves the others on the coordinator's port, on every address of its
+    machine; JAX crashes when that port is taken, so it is tried first."""
+    import socket
+
+    port = int(address.rpartition(":")[2])
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("::" if socket.has_ipv6 else "", port))
+        except OSError as e:
+            raise MnistSeqError(f"--coordinator {address}: port {port} is in use on this "
+                                f"machine ({e.strerror}); choose another port") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else e.__class__.__name__

@@ -1,0 +1,173 @@
+"""`train --distribute`: two JAX processes on localhost train the same model as one
+process fed the same global batches, into one run folder; a killed process stops the
+other within a minute with one line, and `--resume` on both finishes the run;
+TensorFlow's MirroredStrategy over two logical CPU devices; the mistakes a user can
+make are one line each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, run
+from test_robustness import assert_complete_run, wait_for_epochs
+
+# 576 training samples: nine full global batches of 64, so no sample is left over
+# however the batch is split.
+SMALL = ["--model", "mlp", "--max-train-samples", "640", "--batch-size", "64", "--epochs", "2",
+         "--max-test-samples", "200", "--device", "cpu"]
+# About a second an epoch: long enough to kill a process in the middle of the run.
+LONGER = ["--model", "mlp", "--max-train-samples", "20000", "--epochs", "5",
+          "--max-test-samples", "500", "--device", "cpu"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mnist_seq", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def start_pair(port: int, *args: str) -> list[subprocess.Popen]:
+    """Process 1 first, then process 0, as two people on two machines might."""
+    return [start(*args, "--num-processes", "2", "--process-id", str(i), "--coordinator",
+                  f"localhost:{port}") for i in (1, 0)][::-1]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def weights(model_file: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(model_file).get_weights()
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+    for x, y in zip(weights(a), weights(b), strict=True):
+        np.testing.assert_allclose(x, y, atol=atol)
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_one_process_trains(data_dir, tmp_path):
+    pytest.importorskip("jax")
+    tmp_path = tmp_path / "runs"
+    common = [*SMALL, "--backend", "jax", "--data-dir", str(data_dir)]
+    code, out, err = finish(start(*common, "--distribute", "--run-dir", str(tmp_path / "one")))
+    assert code == 0, out + err
+
+    procs = start_pair(free_port(), *common, "--run-dir", str(tmp_path / "two"))
+    (code0, out0, err0), (code1, out1, err1) = [finish(p) for p in procs]
+    assert code0 == 0 and code1 == 0, out0 + err0 + out1 + err1
+    assert "data parallel over 2 devices in 2 processes" in out0
+    assert f"Wrote {tmp_path / 'two'}" in out0 and "Wrote" not in out1
+    assert "Process 1 of 2: Training" in out1
+    # One run folder, written by process 0 alone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert_same_weights(tmp_path / "one" / "model.keras", tmp_path / "two" / "model.keras")
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["distributed"] == {"engine": "keras.distribution.DataParallel",
+                                  "processes": 2, "devices": 2}
+    # Validation and test figures cover the whole sets.
+    assert two["test_samples"] == 200 and two["val_samples"] == one["val_samples"]
+    assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-6)
+    assert two["final_val_accuracy"] == pytest.approx(one["final_val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_other_and_both_resume(data_dir, tmp_path):
+    pytest.importorskip("jax")
+    run_dir = tmp_path / "run"
+    common = [*LONGER, "--backend", "jax", "--data-dir", str(data_dir)]
+    p0, p1 = start_pair(free_port(), *common, "--run-dir", str(run_dir))
+    wait_for_epochs(run_dir, 1, p0, timeout=240)
+    p1.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    code, out, err = finish(p0, timeout=90)
+    assert time.monotonic() - killed < 60
+    assert code != 0
+    assert err.strip().splitlines() == [
+        f"Error: process 1 of 2 stopped (its connection closed), so process 0 stops too. "
+        f"To resume, start every process again with --resume {run_dir} (and its "
+        "--num-processes, --process-id and --coordinator, if given)"], out + err
+    p1.communicate()
+    assert not (run_dir / "metrics.json").exists()
+
+    procs = start_pair(free_port(), "--resume", str(run_dir), "--backend", "jax",
+                       "--data-dir", str(data_dir), "--device", "cpu")
+    results = [finish(p) for p in procs]
+    assert all(code == 0 for code, _, _ in results), results
+    assert f"Resuming {run_dir} after epoch" in results[0][1]
+    assert_complete_run(run_dir, 5)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(data_dir, tmp_path):
+    common = [*SMALL, "--backend", "tensorflow", "--data-dir", str(data_dir), "--distribute"]
+    results = {}
+    for n in (1, 2):
+        code, out, err = finish(start(*common, "--cpu-devices", str(n), "--run-dir",
+                                      str(tmp_path / f"cpus{n}")))
+        assert code == 0, out + err
+        results[n] = out
+    assert "data parallel over 2 devices (tf.distribute.MirroredStrategy)" in results[2]
+    metrics = json.loads((tmp_path / "cpus2" / "metrics.json").read_text())
+    assert metrics["distributed"]["devices"] == 2
+    # Each replica computes half the batch; the averaged gradient is the whole batch's.
+    assert_same_weights(tmp_path / "cpus1" / "model.keras", tmp_path / "cpus2" / "model.keras")
+
+
+@pytest.mark.parametrize("args, fragment, code", [
+    (["--num-processes", "2"], "--num-processes, --process-id and --coordinator go together",
+     2),
+    (["--num-processes", "2", "--process-id", "2", "--coordinator", "localhost:1234"],
+     "--process-id: got 2, expected 0 to 1", 2),
+    (["--num-processes", "2", "--process-id", "0", "--coordinator", "localhost"],
+     "expected HOST:PORT", 2),
+    (["--num-processes", "2", "--process-id", "0", "--coordinator", "localhost:1234",
+      "--backend", "tensorflow"], "several processes need --backend jax", 2),
+])
+def test_distribution_mistakes_are_one_line(args, fragment, code, data_dir, tmp_path):
+    result = run("train", "--model", "mlp", "--data-dir", str(data_dir), "--run-dir",
+                 str(tmp_path / "never"), *args)
+    assert_one_line_error(result, fragment, code=code)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.slow
+def test_a_taken_coordinator_port_and_a_missing_run_dir_are_one_line(data_dir, tmp_path):
+    pytest.importorskip("jax")
+    common = [*SMALL, "--backend", "jax", "--data-dir", str(data_dir)]
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = finish(start(*common, "--run-dir", str(tmp_path / "never"),
+                                      "--num-processes", "2", "--process-id", "0",
+                                      "--coordinator", f"localhost:{port}"))
+    assert code == 1 and err.strip() == (
+        f"Error: --coordinator localhost:{port}: port {port} is in use on this machine "
+        "(Address already in use); choose another port")
+
+    procs = start_pair(free_port(), *common, "--runs-root", str(tmp_path / "runs"))
+    for code, out, err in (finish(p) for p in procs):
+        assert code == 2 and err.strip() == (
+            "Error: a run over several processes needs --run-dir: every process must name "
+            "the same run folder"), out + err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "never").exists()
