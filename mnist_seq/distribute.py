@@ -110,6 +110,12 @@ class Cluster:
     def writer(self) -> bool:
         return self.process == 0
 
+    @property
+    def feeds_parts(self) -> bool:
+        """Whether each process hands Keras its own part of every batch (JAX); Mirrored-
+        Strategy splits whole batches itself."""
+        return self.backend == "jax"
+
     def describe(self) -> str:
         where = (f"{self.devices} devices in {self.processes} processes"
                  if self.processes > 1 else f"{self.devices} device"
@@ -127,7 +133,7 @@ class Cluster:
         return self.engine.scope() if self.backend == "tensorflow" else contextlib.nullcontext()
 
     def check_batch(self, batch: int, what: str) -> None:
-        if self.backend == "jax" and batch % self.devices:
+        if self.feeds_parts and batch % self.devices:
             raise ConfigError(f"{what}: got {batch}, which does not split evenly over "
                               f"{self.devices} devices; use a multiple of {self.devices}")
 
@@ -141,9 +147,11 @@ class Cluster:
                                     seed, first_epoch), "shuffle": False}
 
     def eval_inputs(self, x: np.ndarray, y: np.ndarray, batch: int):
-        """JAX: this process's part of every batch of a validation or test set, all of it."""
+        """JAX: this process's part of every batch of a validation or test set, all of it
+        (`batch` rounded up to split evenly)."""
         from mnist_seq.shards import ShardedBatches
 
+        batch = -(-batch // self.devices) * self.devices
         return ShardedBatches(x, y, batch, self.process, self.processes, self.devices)
 
     @contextlib.contextmanager

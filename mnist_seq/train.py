@@ -142,7 +142,7 @@ def fit(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run: R
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / RunDir.TENSORBOARD)))
     val_batch = plan.validation_batch or tcfg["batch_size"]
-    if cluster and cluster.backend == "jax":
+    if cluster and cluster.feeds_parts:
         train = cluster.train_inputs(data.x_train, data.y_train, tcfg["batch_size"],
                                      tcfg["seed"], len(rows))
         validation = {"validation_data": cluster.eval_inputs(data.x_val, data.y_val, val_batch)}
@@ -173,13 +173,7 @@ def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run
     from mnist_seq.plotting import plot_curves
 
     run.save_model(model, RunDir.MODEL)
-    test = {}
-    if score_test and cluster and cluster.backend == "jax":
-        test = model.evaluate(cluster.eval_inputs(data.x_test, data.y_test, 512), verbose=0,
-                              return_dict=True)
-    elif score_test:
-        test = model.evaluate(data.x_test, data.y_test, batch_size=512, verbose=0,
-                              return_dict=True)
+    test = score(model, data.x_test, data.y_test, cluster) if score_test else {}
     train_seconds = sum(r["seconds"] for r in rows)  # summed over every part of a resumed run
     best = rows[best_epoch(rows) or 0]
     metrics = {
@@ -210,6 +204,14 @@ def finish(model, plan: speed.SpeedPlan, config: dict[str, Any], data: Data, run
     run.write_json(RunDir.METRICS, metrics)
     run.remove_backup()
     return metrics
+
+
+def score(model, x: np.ndarray, y: np.ndarray, cluster=None) -> dict[str, float]:
+    """Loss and accuracy over all of (x, y); over several JAX processes each feeds its
+    part of every batch."""
+    if cluster and cluster.feeds_parts:
+        return model.evaluate(cluster.eval_inputs(x, y, 512), verbose=0, return_dict=True)
+    return model.evaluate(x, y, batch_size=512, verbose=0, return_dict=True)
 
 
 def train_and_evaluate(config: dict[str, Any], run: RunDir,

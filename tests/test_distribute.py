@@ -171,3 +171,50 @@ def test_a_taken_coordinator_port_and_a_missing_run_dir_are_one_line(data_dir, t
             "Error: a run over several processes needs --run-dir: every process must name "
             "the same run folder"), out + err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never").exists()
+
+
+def test_the_parts_of_every_batch_make_up_the_whole_set():
+    from mnist_seq.shards import ShardedBatches
+
+    x = np.arange(100, dtype=np.float32).reshape(100, 1)
+    y = np.arange(100)
+    # Training: 3 processes, one device each; 100 = 3 batches of 30 and a tail of 10, of
+    # which the 9 that split three ways are kept.
+    shards = [ShardedBatches(x, y, 30, i, 3, 3, seed=7) for i in range(3)]
+    orders = []
+    for _epoch in range(2):
+        seen = []
+        for s in shards:
+            s.on_epoch_begin()
+        assert len(shards[0]) == 4
+        for b in range(4):
+            parts = [s[b] for s in shards]
+            assert len({len(p[1]) for p in parts}) == 1  # equal parts
+            assert all(np.array_equal(p[0][:, 0], p[1]) for p in parts)
+            seen += [int(v) for p in parts for v in p[1]]
+        assert len(seen) == 99 == len(set(seen))
+        orders.append(seen)
+    assert orders[0] != orders[1]  # a new order each epoch, the same in every process
+
+    # Evaluation: every sample once, with weight 1; the copies that fill the last batch
+    # weigh 0.
+    shards = [ShardedBatches(x, y, 32, i, 2, 4) for i in range(2)]
+    weighted = {}
+    for b in range(len(shards[0])):
+        for s in shards:
+            _, labels, weights = s[b]
+            for label, w in zip(labels, weights, strict=True):
+                weighted[int(label)] = weighted.get(int(label), 0) + float(w)
+    assert weighted == {i: 1.0 for i in range(100)}
+
+
+def test_a_resumed_epoch_gets_the_order_it_would_have_had():
+    from mnist_seq.shards import ShardedBatches
+
+    x, y = np.zeros((50, 1), np.float32), np.arange(50)
+    straight = ShardedBatches(x, y, 10, 0, 1, 1, seed=3)
+    for _ in range(3):
+        straight.on_epoch_begin()
+    resumed = ShardedBatches(x, y, 10, 0, 1, 1, seed=3, first_epoch=2)
+    resumed.on_epoch_begin()
+    assert np.array_equal(straight.order, resumed.order)
