@@ -35,8 +35,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "mnist_seq", "train", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -88,6 +88,35 @@ def test_two_processes_train_what_one_process_trains(data_dir, tmp_path):
     assert two["test_samples"] == 200 and two["val_samples"] == one["val_samples"]
     assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1e-6)
     assert two["final_val_accuracy"] == pytest.approx(one["final_val_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_slurm_job_needs_no_cluster_flags(data_dir, tmp_path):
+    """With none of --num-processes/--process-id/--coordinator, jax.distributed finds the
+    processes itself: here from the variables SLURM sets for a job of two tasks."""
+    pytest.importorskip("jax")
+    # JAX derives the coordinator's port from the job id, in 61440-65535.
+    job = next(j for j in range(4096) if _port_is_free(61440 + j))
+    procs = []
+    for task in (1, 0):
+        slurm = {"SLURM_JOB_ID": str(job), "SLURM_STEP_NODELIST": "localhost",
+                 "SLURM_NTASKS": "2", "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task)}
+        procs.append(start(*SMALL, "--backend", "jax", "--data-dir", str(data_dir),
+                           "--distribute", "--run-dir", str(tmp_path / "job"), env=slurm))
+    (code1, out1, err1), (code0, out0, err0) = [finish(p) for p in procs]
+    assert code0 == 0 and code1 == 0, out0 + err0 + out1 + err1
+    assert "data parallel over 2 devices in 2 processes" in out0
+    assert "Process 1 of 2: Test accuracy" in out1
+    assert (tmp_path / "job" / "metrics.json").is_file()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.mark.slow
