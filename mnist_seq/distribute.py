@@ -30,6 +30,8 @@ from mnist_seq.options import DistributeOptions
 # then stops the others (JAX's default is 100 s). A process that dies outright is
 # noticed sooner: its connections close, and the next collective step fails.
 HEARTBEAT_SECONDS = 30
+# How long the processes wait for each other to start (JAX's default).
+JOIN_SECONDS = 300
 ENGINES = {"jax": "keras.distribution.DataParallel", "tensorflow": "tf.distribute.MirroredStrategy"}
 
 
@@ -75,12 +77,11 @@ def start_jax(options: DistributeOptions) -> None:
     try:
         jax.distributed.initialize(options.coordinator, options.num_processes,
                                    options.process_id,
+                                   initialization_timeout=JOIN_SECONDS,
                                    heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
-    except ValueError:
-        if options.num_processes is None:
-            return  # no cluster found around this process: it trains alone
-        raise
     except Exception as e:  # the runtime raises its own types; they all mean the same
+        if isinstance(e, ValueError) and options.num_processes is None:
+            return  # no cluster found around this process: it trains alone
         where = options.coordinator or "the detected coordinator"
         raise MnistSeqError(f"cannot join the other processes at {where}: "
                             f"{_first_line(e)}") from None

@@ -235,6 +235,10 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
         from mnist_seq import distribute
 
         distribute.check(options.distribute, name)
+        if (options.distribute.num_processes or 1) > 1:
+            log(f"Joining {options.distribute.num_processes} processes at "
+                f"{options.distribute.coordinator} (each waits up to "
+                f"{distribute.JOIN_SECONDS // 60} minutes for the others to start)")
     data = load_data(config, options)
     for note in data.notes:
         log(f"Note: {note}")
