@@ -31,11 +31,14 @@ def run(argv: list[str], run_dir: str, debug: bool = False) -> int:
     """Run `mnist-seq ARGV` (training into `run_dir`) as a child and return the exit code
     to leave with; every way it fails ends in one `Error:` line on stderr (all of stderr
     with `debug`)."""
+    # A session of its own: Ctrl-C and `kill -INT`/`-TERM` reach the child once, from
+    # here (its first Ctrl-C stops it after the batch, a second one at once).
     child = subprocess.Popen([sys.executable, "-m", "mnist_seq", *argv],
                              stderr=subprocess.PIPE, text=True, errors="replace",
-                             env={**os.environ, CHILD: "1"}, preexec_fn=_die_with_parent)
-    # Ctrl-C reaches the child too (one process group); it stops after its batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                             env={**os.environ, CHILD: "1"}, start_new_session=True,
+                             preexec_fn=_die_with_parent)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda sig, _frame: child.send_signal(sig))
     held = collections.deque(maxlen=200)
     said = False
     for line in child.stderr:
@@ -50,7 +53,7 @@ def run(argv: list[str], run_dir: str, debug: bool = False) -> int:
         return 0
     if not said:
         sys.stderr.write(f"Error: {why_it_stopped(''.join(held), code, run_dir)}\n")
-    return code if 0 < code < 128 else 1
+    return code if code in (1, 2, 130) else 1  # mnist-seq's own codes; a crash is 1
 
 
 def why_it_stopped(log: str, code: int, run_dir: str = "RUN_DIR") -> str:

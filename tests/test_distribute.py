@@ -147,6 +147,24 @@ def test_a_killed_process_stops_the_other_and_both_resume(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_stops_a_process_cleanly_and_the_other_with_one_line(data_dir, tmp_path):
+    pytest.importorskip("jax")
+    run_dir = tmp_path / "run"
+    p0, p1 = start_pair(free_port(), *LONGER, "--backend", "jax", "--data-dir", str(data_dir),
+                        "--run-dir", str(run_dir))
+    wait_for_epochs(run_dir, 1, p0, timeout=240)
+    p0.send_signal(signal.SIGINT)
+    code0, _, err0 = finish(p0, timeout=90)
+    code1, _, err1 = finish(p1, timeout=90)
+    assert code0 == 130 and len(err0.strip().splitlines()) == 1, err0
+    assert err0.startswith("Error: interrupted in epoch") and f"--resume {run_dir}" in err0
+    assert code1 != 0 and err1.strip().splitlines() == [
+        f"Error: process 0 of 2 stopped (its connection closed), so process 1 stops too. "
+        f"To resume, start every process again with --resume {run_dir} (and its "
+        "--num-processes, --process-id and --coordinator, if given)"]
+
+
+@pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(data_dir, tmp_path):
     common = [*SMALL, "--backend", "tensorflow", "--data-dir", str(data_dir), "--distribute"]
     results = {}
