@@ -265,3 +265,23 @@ def test_a_resumed_epoch_gets_the_order_it_would_have_had():
     resumed = ShardedBatches(x, y, 10, 0, 1, 1, seed=3, first_epoch=2)
     resumed.on_epoch_begin()
     assert np.array_equal(straight.order, resumed.order)
+
+
+@pytest.mark.parametrize("log, code, expected", [
+    ("E1125 coordination_service.cc:1549] UNAVAILABLE: Task 1 heartbeat timeout. This "
+     "indicates that the remote task has failed\nF1125 client.h:80] Terminating process",
+     -6, "process 1 stopped answering, so the run stopped; start every process again with "
+         "--resume runs/x"),
+    ("UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):\n3\n",
+     -6, "process 3 stopped answering"),
+    ("F1125 client.h:80] Terminating process because the JAX distributed service detected "
+     "fatal errors.\n:UNKNOWN:Error received from peer {grpc_message:\"Socket closed\"}",
+     1, "lost the coordinator (process 0), so the run stopped"),
+    ("E1125 add_port.cc:83] Failed to add port to server\n", -11,
+     "the training process ended with signal 11 (no message); --debug shows its log"),
+])
+def test_what_the_runtime_logged_becomes_one_line(log, code, expected):
+    from mnist_seq.supervise import why_it_stopped
+
+    said = why_it_stopped(log, code, "runs/x")
+    assert expected in said and "\n" not in said
