@@ -64,9 +64,16 @@ def chromium(width: int = 1280, height: int = 1000):
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def draw_and_read(browser, url: str, strokes=SEVEN, timeout: float = 30):
+# What each run card shows, read in one go (the page may redraw its cards at any time).
+CARDS = """return [...document.querySelectorAll('.run')].map(c => ({
+  type: c.dataset.type, run: c.dataset.run, top1: c.querySelector('.top1').textContent,
+  bars: c.querySelectorAll('.bar').length, canvases: c.querySelectorAll('canvas').length,
+  maps: c.querySelectorAll('.maps canvas').length}));"""
+
+
+def draw_and_read(browser, url: str, strokes=SEVEN, timeout: float = 30) -> list[dict]:
     """Open the page, draw the strokes, and wait until the last answer is shown;
-    returns the run cards."""
+    returns what each run card shows (`CARDS`)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -83,4 +90,4 @@ def draw_and_read(browser, url: str, strokes=SEVEN, timeout: float = 30):
     # The page reads while drawing and once more at the end: wait for the last answer.
     WebDriverWait(browser, timeout).until(ec.presence_of_element_located(
         (By.CSS_SELECTOR, "body[data-busy='0'] .run .top1")))
-    return browser.find_elements(By.CSS_SELECTOR, ".run")
+    return browser.execute_script(CARDS)

@@ -22,8 +22,7 @@ def main() -> None:
     try:
         cards = page.draw_and_read(browser, f"http://127.0.0.1:{port}/")
         for card in cards:
-            print(card.get_attribute("data-run"), "reads",
-                  card.find_element("class name", "top1").text)
+            print(card["run"], "reads", card["top1"])
         time.sleep(2)  # let the LSTM's row-by-row chart finish stepping
         browser.save_screenshot(args.out)
         print(f"Wrote {args.out}")
