@@ -134,6 +134,7 @@ class Cluster:
         return self.engine.scope() if self.backend == "tensorflow" else contextlib.nullcontext()
 
     def check_batch(self, batch: int, what: str) -> None:
+        """Raise ConfigError unless every global batch splits evenly over the devices."""
         if self.feeds_parts and batch % self.devices:
             raise ConfigError(f"{what}: got {batch}, which does not split evenly over "
                               f"{self.devices} devices; use a multiple of {self.devices}")
