@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_seq.errors import ConfigError, MnistSeqError
+from mnist_seq.errors import ConfigError, MnistSeqError, first_line
 from mnist_seq.options import DistributeOptions
 
 # A process silent this long is taken for dead by JAX's coordination service, which
@@ -84,7 +84,7 @@ def start_jax(options: DistributeOptions) -> None:
             return  # no cluster found around this process: it trains alone
         where = options.coordinator or "the detected coordinator"
         raise MnistSeqError(f"cannot join the other processes at {where}: "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e, 300)}") from None
 
 
 def start_tensorflow(options: DistributeOptions) -> None:
@@ -236,8 +236,3 @@ def _require_free_port(address: str) -> None:
         except OSError as e:
             raise MnistSeqError(f"--coordinator {address}: port {port} is in use on this "
                                 f"machine ({e.strerror}); choose another port") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else e.__class__.__name__

@@ -1,6 +1,13 @@
 """Errors a user can cause. Library code raises them; only the CLI prints them."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line (at most `limit` characters), or its type's name, for
+    messages that quote what a library said."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else e.__class__.__name__
+
+
 class MnistSeqError(Exception):
     """A problem the user can fix; shown as one line, exit code 1."""
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from mnist_seq import backend
 from mnist_seq.data import NUM_CLASSES, load_mnist, to_float
-from mnist_seq.errors import MnistSeqError
+from mnist_seq.errors import MnistSeqError, first_line
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.plotting import plot_confusion, plot_worst_errors
 from mnist_seq.rundir import RunDir
@@ -37,15 +37,10 @@ def load_model(path: str | Path):
         if "safe_mode" in str(e) or "Lambda" in str(e):
             raise MnistSeqError(f"{path}: refused, the model holds unsafe content (a Lambda "
                                 "layer or custom code) that would run arbitrary code") from None
-        raise MnistSeqError(f"{path}: cannot load the model ({_first_line(e)})") from None
+        raise MnistSeqError(f"{path}: cannot load the model ({first_line(e)})") from None
     except Exception as e:
         raise MnistSeqError(f"{path}: cannot load the model ({e.__class__.__name__}: "
-                            f"{_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else e.__class__.__name__
+                            f"{first_line(e)})") from None
 
 
 def fit_input(model, images: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from page import free_port  # scripts/page.py, beside this script
+
 from mnist_seq.rundir import RunDir
 
 MNIST_SEQ = [sys.executable, "-m", "mnist_seq", "train", "--backend", "jax"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one(args: list[str], run_dir: Path) -> None:

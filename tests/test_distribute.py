@@ -20,6 +20,9 @@ import pytest
 from test_cli import assert_one_line_error, run
 from test_robustness import assert_complete_run, wait_for_epochs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from page import free_port  # noqa: E402  (scripts/page.py)
+
 # 576 training samples: nine full global batches of 64, so no sample is left over
 # however the batch is split.
 SMALL = ["--model", "mlp", "--max-train-samples", "640", "--batch-size", "64", "--epochs", "2",
@@ -27,12 +30,6 @@ SMALL = ["--model", "mlp", "--max-train-samples", "640", "--batch-size", "64", "
 # About a second an epoch: long enough to kill a process in the middle of the run.
 LONGER = ["--model", "mlp", "--max-train-samples", "20000", "--epochs", "5",
           "--max-test-samples", "500", "--device", "cpu"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
