@@ -189,17 +189,10 @@ def versions() -> dict[str, Any]:
         return {**facts, "jax": jax.__version__, "jaxlib": jaxlib.__version__}
     import tensorflow as tf
 
+    from mnist_seq import tf_speed
+
     return {**facts, "tensorflow": tf.__version__,
             # 0 means TensorFlow's default (as many as cores).
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "onednn": onednn_enabled()}
-
-
-def onednn_enabled() -> bool | None:
-    """Whether TensorFlow runs its oneDNN CPU kernels (None if this TensorFlow cannot say)."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port  # no public API for this
-    except ImportError:
-        return None
-    return bool(_pywrap_util_port.IsMklEnabled())
+            "onednn": tf_speed.onednn_enabled()}

@@ -1,4 +1,4 @@
-"""The Keras callbacks of a training run, and the Ctrl-C handler they work with.
+"""The Keras callbacks of a training run.
 
 At the end of each epoch, in list order: `Guard` checks the loss, `HistoryRecorder`
 records and writes the epoch, `BestModel` keeps best.keras, `EpochCheckpoint` saves
@@ -8,10 +8,7 @@ the state a resume starts from. An epoch in the history with no checkpoint after
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -35,6 +32,10 @@ class Guard(keras.callbacks.Callback):
         self.run, self.rows = run, rows
         self.interrupted = False
         self.epoch = 0
+
+    def stop(self) -> None:
+        """Stop at the end of the current batch (the first Ctrl-C)."""
+        self.interrupted = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -137,26 +138,3 @@ class TrialReporter(keras.callbacks.Callback):
                  f"validation accuracy {value:.2%}")
         if epoch + 1 < self.params["epochs"] and self.trial.should_prune():
             raise TrialPruned(epoch + 1)
-
-
-@contextlib.contextmanager
-def first_ctrl_c_stops(guard: Guard):
-    """The first Ctrl-C asks the guard to stop after the current batch; a second one
-    interrupts at once, as usual. A handler of the caller's own (a sweep's) hears of the
-    first one too: training may end before the guard looks."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        guard.interrupted = True
-        signal.signal(signal.SIGINT, previous)
-        if callable(previous) and previous is not signal.default_int_handler:
-            previous(signum, frame)
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

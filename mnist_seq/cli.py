@@ -109,48 +109,19 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
           tensorboard, deterministic, resume, distribute, num_processes, process_id,
           coordinator, cpu_devices) -> None:
     """Train a model from a YAML config and write a run folder."""
-    from pathlib import Path
+    from mnist_seq import launch
 
-    from mnist_seq import backend, supervise
-
-    cluster = (num_processes, process_id, coordinator, cpu_devices)
-    spread = distribute or any(v is not None for v in cluster)
-    if spread and backend.resolve(ctx.obj.get("backend")) == "jax" and not supervise.inside():
-        # JAX's runtime may end a process from C++; a child process trains instead.
-        ctx.exit(supervise.run(sys.argv[1:], resume or run_dir or "RUN_DIR", ctx.obj["debug"]))
-
-    from mnist_seq.config import load_config, parse_override
-    from mnist_seq.options import DistributeOptions
-    from mnist_seq.rundir import RunDir
-
-    shortcuts = {
-        "train.epochs": epochs, "train.batch_size": batch_size,
-        "train.learning_rate": learning_rate, "train.seed": seed,
-        "train.deterministic": "true" if deterministic else None,
-        "data.max_train_samples": max_train_samples, "data.max_test_samples": max_test_samples,
-    }
-    overrides = [parse_override(s) for s in sets]
-    overrides += [parse_override(f"{k}={v}") for k, v in shortcuts.items() if v is not None]
-    if resume:
-        from mnist_seq.errors import ConfigError
-
-        if overrides or model_name or config_file or run_dir:
-            raise ConfigError("--resume continues a run with its own config.yaml; drop "
-                              "--model, --config, --run-dir and every config override")
-        run = RunDir(resume).require_resumable()
-        config = run.read_config()
-    else:
-        config = load_config(model_name if not config_file else None, config_file, overrides)
-        name = Path(config_file).stem if config_file else (model_name or "lstm")
-        run = RunDir.new(name, run_dir, runs_root)
-
-    from mnist_seq.train import train_and_evaluate
-
+    request = launch.TrainRequest(
+        model_name, config_file, sets,
+        {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+         "seed": seed, "deterministic": deterministic, "max_train_samples": max_train_samples,
+         "max_test_samples": max_test_samples}, run_dir, runs_root, resume)
     options = _options(ctx, device=device, data_dir=data_dir, tensorboard=tensorboard,
                        command=shlex.join(["mnist-seq", *sys.argv[1:]]),
-                       distribute=DistributeOptions(*cluster) if spread else None)
-    train_and_evaluate(config, run, options, resume=bool(resume), log=click.echo)
-    if run.writer:  # in a run over several processes, process 0
+                       distribute=launch.distribute_options(
+                           distribute, num_processes, process_id, coordinator, cpu_devices))
+    run = launch.train(request, options, sys.argv[1:], log=click.echo)
+    if run is not None:
         click.echo(f"Wrote {run.path}")
 
 
@@ -234,7 +205,7 @@ def inspect(ctx: click.Context, run_dirs, index, image, data_dir) -> None:
 
     Extra LSTM runs given after the first add their curve to rows-read-accuracy.png."""
     from mnist_seq.errors import ConfigError
-    from mnist_seq.explain import inspect_runs
+    from mnist_seq.inspection import inspect_runs
 
     if index is not None and image is not None:
         raise ConfigError("give --index or --image, not both")
@@ -293,7 +264,8 @@ def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, d
           device) -> None:
     """Train many runs of one config with settings chosen by Optuna; the best trial's
     config goes to best.yaml and only its model is scored on the test set."""
-    from mnist_seq.sweep import SweepOptions, require_optuna, run_sweep
+    from mnist_seq.study import require_optuna
+    from mnist_seq.sweep import SweepOptions, run_sweep
 
     require_optuna()
     options = _options(ctx, device=device, data_dir=data_dir,

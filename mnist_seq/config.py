@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mnist_seq.errors import ConfigError
+from mnist_seq.errors import ConfigError, first_line
 from mnist_seq.models import MODEL_DEFAULTS
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -113,7 +113,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or first_line(e)
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
     if data is None:
         # Every key has a default, but a run of nothing but defaults from an empty file

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_seq.errors import DataError
+from mnist_seq.errors import DataError, first_line
 
 ENV_VAR = "MNIST_SEQ_DATA"
 NUM_CLASSES = 10
@@ -191,10 +191,9 @@ def load_keras_cache() -> Dataset:
 
         keras.datasets.mnist.load_data()
     except Exception as e:  # no network, proxy, disk: all end the same way for the user
-        reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise DataError(f"MNIST not found: no --data-dir, {ENV_VAR} or data.dir was given, "
                         f"there is no Keras cache at {cache}, and downloading it failed "
-                        f"({reason[:200]}). {HOW_TO_POINT}") from None
+                        f"({first_line(e)}). {HOW_TO_POINT}") from None
     return load_npz(keras_cache_path())
 
 

@@ -10,7 +10,9 @@
 
 `check` runs before anything loads; `start_jax`/`start_tensorflow` while the backend
 starts (device counts and the process group are fixed before its first use); `join`
-then says where this process stands (`Cluster`).
+then says where this process stands (`Cluster`). A run on one device has a `Cluster`
+too, a local one, whose scope, saving and lost-process checks do nothing: training
+code never asks whether it is distributed.
 """
 
 from __future__ import annotations
@@ -39,8 +41,11 @@ class ProcessLost(MnistSeqError):
     """Another process of a distributed run stopped."""
 
 
-def check(options: DistributeOptions, backend: str) -> None:
-    """Raise ConfigError for settings that cannot work, before anything loads."""
+def check(options: DistributeOptions | None, backend: str) -> list[str]:
+    """Raise ConfigError for settings that cannot work, before anything loads; return
+    what to tell the user before the processes join."""
+    if options is None:
+        return []
     n, i, address = options.num_processes, options.process_id, options.coordinator
     given = [n is not None, i is not None, address is not None]
     if any(given) and not all(given):
@@ -54,11 +59,15 @@ def check(options: DistributeOptions, backend: str) -> None:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"--coordinator: got {address!r}, expected HOST:PORT, e.g. "
                               "10.0.0.1:1234")
-    if backend == "tensorflow" and (n or 1) > 1:
+    if backend == "tensorflow" and options.several_processes:
         raise ConfigError("several processes need --backend jax: TensorFlow's "
                           "MultiWorkerMirroredStrategy does not work with Keras 3's fit "
                           "(keras-team/keras#20585); on TensorFlow, --distribute uses this "
                           "machine's GPUs")
+    if not options.several_processes:
+        return []
+    return [f"Joining {n} processes at {address} (each waits up to {JOIN_SECONDS // 60} "
+            "minutes for the others to start)"]
 
 
 def start_jax(options: DistributeOptions) -> None:
@@ -99,39 +108,60 @@ def start_tensorflow(options: DistributeOptions) -> None:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Where this process stands in a distributed run, and the engine that runs it."""
+    """Where this process stands in a distributed run, and the engine that runs it; a
+    local cluster (`Cluster.local`) is one process on one device, with no engine."""
 
     backend: str
-    process: int  # this process's index; process 0 writes the run folder
-    processes: int
-    devices: int  # over all processes: every global batch splits into this many parts
-    engine: Any  # the DataParallel distribution or the MirroredStrategy
+    process: int = 0  # this process's index; process 0 writes the run folder
+    processes: int = 1
+    devices: int = 1  # over all processes: every global batch splits into this many parts
+    engine: Any = None  # the DataParallel distribution or the MirroredStrategy
+
+    @classmethod
+    def local(cls, backend: str) -> Cluster:
+        return cls(backend)
 
     @property
     def writer(self) -> bool:
         return self.process == 0
 
     @property
+    def several_processes(self) -> bool:
+        return self.processes > 1
+
+    @property
+    def distributed(self) -> bool:
+        """Whether an engine spreads the model (False for a local cluster)."""
+        return self.engine is not None
+
+    @property
     def feeds_parts(self) -> bool:
         """Whether each process hands Keras its own part of every batch (JAX); Mirrored-
         Strategy splits whole batches itself."""
-        return self.backend == "jax"
+        return self.backend == "jax" and self.distributed
 
     def describe(self) -> str:
+        """The distribution in words ("" for a local cluster)."""
+        if not self.distributed:
+            return ""
         where = (f"{self.devices} devices in {self.processes} processes"
                  if self.processes > 1 else f"{self.devices} device"
                  + ("s" if self.devices > 1 else ""))
         return f"data parallel over {where} ({ENGINES[self.backend]})"
 
-    def facts(self) -> dict[str, Any]:
-        """What metrics.json records of the distribution."""
+    def facts(self) -> dict[str, Any] | None:
+        """What metrics.json records of the distribution (None: none)."""
+        if not self.distributed:
+            return None
         return {"engine": ENGINES[self.backend], "processes": self.processes,
                 "devices": self.devices}
 
     def scope(self):
         """Where the model must be built: the strategy's scope on TensorFlow (JAX's
         distribution is set for the whole process)."""
-        return self.engine.scope() if self.backend == "tensorflow" else contextlib.nullcontext()
+        if self.backend == "tensorflow" and self.distributed:
+            return self.engine.scope()
+        return contextlib.nullcontext()
 
     def check_batch(self, batch: int, what: str) -> None:
         """Raise ConfigError unless every global batch splits evenly over the devices."""
@@ -139,28 +169,43 @@ class Cluster:
             raise ConfigError(f"{what}: got {batch}, which does not split evenly over "
                               f"{self.devices} devices; use a multiple of {self.devices}")
 
-    def train_inputs(self, x: np.ndarray, y: np.ndarray, batch: int, seed: int,
+    def train_inputs(self, plan, model, x: np.ndarray, y: np.ndarray, batch: int, seed: int,
                      first_epoch: int) -> dict[str, Any]:
-        """JAX: this process's part of every global batch of the training set, in an
-        order each epoch that every process shares (as `model.fit` keyword arguments)."""
+        """The training set (uint8 pixels) as `model.fit` keyword arguments: as the speed
+        plan wants it, or on JAX over several devices this process's part of every global
+        batch, in an order each epoch that every process shares."""
+        if not self.feeds_parts:
+            from mnist_seq.speed import fit_inputs
+
+            return fit_inputs(plan, model, x, y, batch, seed)
         from mnist_seq.shards import ShardedBatches
 
         return {"x": ShardedBatches(x, y, batch, self.process, self.processes, self.devices,
                                     seed, first_epoch), "shuffle": False}
 
-    def eval_inputs(self, x: np.ndarray, y: np.ndarray, batch: int):
-        """JAX: this process's part of every batch of a validation or test set, all of it
-        (`batch` rounded up to split evenly)."""
+    def eval_inputs(self, x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, Any]:
+        """A validation or test set, all of it, as `model.evaluate` keyword arguments; on
+        JAX over several devices this process's part of every batch (`batch` rounded up
+        to split evenly)."""
+        if not self.feeds_parts:
+            return {"x": x, "y": y, "batch_size": batch}
         from mnist_seq.shards import ShardedBatches
 
         batch = -(-batch // self.devices) * self.devices
-        return ShardedBatches(x, y, batch, self.process, self.processes, self.devices)
+        return {"x": ShardedBatches(x, y, batch, self.process, self.processes, self.devices)}
+
+    def validation(self, x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, Any]:
+        """The validation set as `model.fit` keyword arguments (see `eval_inputs`)."""
+        given = self.eval_inputs(x, y, batch)
+        if "y" not in given:
+            return {"validation_data": given["x"]}
+        return {"validation_data": (x, y), "validation_batch_size": batch}
 
     @contextlib.contextmanager
     def lost_processes(self, resume_hint: str) -> Iterator[None]:
         """Turn a collective step that failed because another process stopped into one
         line that names it (with two processes, the other one; else its host)."""
-        if self.processes == 1:
+        if not self.several_processes:
             yield
             return
         try:
@@ -183,7 +228,7 @@ class Cluster:
         """Outside the distribution, for what one process does by itself: saving a model
         makes a few variables of its own, and under the distribution every process
         would have to make them together."""
-        if self.backend != "jax":
+        if not self.feeds_parts:
             yield
             return
         import keras
@@ -197,15 +242,17 @@ class Cluster:
     def close(self) -> None:
         """Leave the process group together with the others, after a run that ended well
         (a process that left alone would look dead to those still working)."""
-        if self.backend == "jax" and self.processes > 1:
+        if self.feeds_parts and self.several_processes:
             import jax
 
             jax.distributed.shutdown()
 
 
-def join(backend: str) -> Cluster:
+def join(backend: str, options: DistributeOptions | None) -> Cluster:
     """The distribution over every device this run can see (the backend started, with
-    `start_jax`/`start_tensorflow` done)."""
+    `start_jax`/`start_tensorflow` done), or a local cluster when not asked for one."""
+    if options is None:
+        return Cluster.local(backend)
     if backend == "jax":
         import jax
         import keras
@@ -226,13 +273,10 @@ def join(backend: str) -> Cluster:
 def _require_free_port(address: str) -> None:
     """Process 0 serves the others on the coordinator's port, on every address of its
     machine; JAX crashes when that port is taken, so it is tried first."""
-    import socket
+    from mnist_seq.processes import port_taken
 
     port = int(address.rpartition(":")[2])
-    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("::" if socket.has_ipv6 else "", port))
-        except OSError as e:
-            raise MnistSeqError(f"--coordinator {address}: port {port} is in use on this "
-                                f"machine ({e.strerror}); choose another port") from None
+    e = port_taken("", port)
+    if e is not None:
+        raise MnistSeqError(f"--coordinator {address}: port {port} is in use on this "
+                            f"machine ({e.strerror}); choose another port")

@@ -10,6 +10,7 @@ import numpy as np
 
 from mnist_seq import backend
 from mnist_seq.data import NUM_CLASSES, load_mnist, to_float
+from mnist_seq.distribute import Cluster
 from mnist_seq.errors import MnistSeqError, first_line
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.plotting import plot_confusion, plot_worst_errors
@@ -17,6 +18,7 @@ from mnist_seq.rundir import RunDir
 
 # Input shapes a model may take; MNIST images are reshaped to fit.
 ACCEPTED_INPUTS = ((28, 28), (28, 28, 1), (784,))
+BATCH = 512  # images per step when scoring and predicting
 
 
 def load_model(path: str | Path):
@@ -52,7 +54,7 @@ def fit_input(model, images: np.ndarray) -> np.ndarray:
     return to_float(images).reshape((len(images), *shape))
 
 
-def predict_proba(model, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, bool]:
+def predict_proba(model, images: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, bool]:
     """Class probabilities (N, 10), and whether the model gave logits (then softmaxed here)."""
     out = np.asarray(model.predict(fit_input(model, images), batch_size=batch_size, verbose=0),
                      dtype=np.float64)
@@ -65,19 +67,29 @@ def predict_proba(model, images: np.ndarray, batch_size: int = 512) -> tuple[np.
     return out, logits
 
 
-def keras_loss(model, images: np.ndarray, labels: np.ndarray, from_logits: bool) -> float:
-    """Sparse cross-entropy exactly as Keras's `model.evaluate` reports it (Keras reads the
-    logits behind a softmax output, which a clipped log of the probabilities does not)."""
+def score(model, images: np.ndarray, labels: np.ndarray, from_logits: bool = False,
+          cluster: Cluster | None = None) -> dict[str, float]:
+    """Test loss and accuracy of a model on uint8 images: the one place they are
+    computed, for training's metrics.json, `evaluate`'s evaluation.json and a sweep's
+    best trial, so the same model and data give the same figures to the last digit.
+
+    Keras's own `evaluate` (its loss reads the logits behind a softmax output, which a
+    clipped log of the probabilities does not), always compiled alike: XLA on JAX, not
+    on TensorFlow. Over several JAX processes each feeds its part of every batch."""
     import keras
 
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
-    return float(model.evaluate(fit_input(model, images), labels, batch_size=512, verbose=0))
+    cluster = cluster or Cluster.local(backend.name())
+    with cluster.scope():
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                      jit_compile=backend.name() == "jax")
+    figures = model.evaluate(**cluster.eval_inputs(fit_input(model, images), labels, BATCH),
+                             verbose=0, return_dict=True)
+    return {"loss": float(figures["loss"]), "accuracy": float(figures["accuracy"])}
 
 
-def score(probs: np.ndarray, labels: np.ndarray, worst: int = 25) -> dict[str, Any]:
-    """Accuracy, top-2, per-class precision/recall/F1, confusion matrix, worst errors.
-
-    (The loss comes from `keras_loss`, so that it is Keras's own figure.)"""
+def class_figures(probs: np.ndarray, labels: np.ndarray, worst: int = 25) -> dict[str, Any]:
+    """Top-2 accuracy, per-class precision/recall/F1, confusion matrix, worst errors."""
     labels = np.asarray(labels, dtype=np.int64)
     pred = probs.argmax(axis=1)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
@@ -94,7 +106,6 @@ def score(probs: np.ndarray, labels: np.ndarray, worst: int = 25) -> dict[str, A
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:worst]
     return {
         "samples": len(labels),
-        "accuracy": float(np.mean(pred == labels)),
         "top2_accuracy": float(np.mean((top2 == labels[:, None]).any(axis=1))),
         "per_class": [
             {"class": c, "precision": float(precision[c]), "recall": float(recall[c]),
@@ -146,8 +157,8 @@ def evaluate(
     x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
     probs, logits = predict_proba(model, x_test)
     result = {"model": str(model_path), "data_source": data.source,
-              "loss": keras_loss(model, x_test, y_test, from_logits=logits),
-              **score(probs, y_test)}
+              **score(model, x_test, y_test, from_logits=logits),
+              **class_figures(probs, y_test)}
     name = run.name
     result["files"] = [
         str(run.save_figure(plot_confusion(

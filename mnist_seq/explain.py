@@ -1,4 +1,5 @@
-"""`mnist-seq inspect`: pictures of how a trained network sees one digit.
+"""Pictures of how a trained network sees one digit (`inspect`), and what `serve` shows
+beside each answer.
 
 Every model gets a table of its layers, each shape explained in a sentence.
 LSTMs: the digit as 28 timesteps, each layer's hidden state over time, and the
@@ -11,17 +12,14 @@ digit excites most.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mnist_seq import backend
-from mnist_seq.data import load_mnist, to_float
-from mnist_seq.errors import MnistSeqError
-from mnist_seq.evaluation import load_model
+from mnist_seq.data import to_float
 from mnist_seq.models import build_lstm, build_model
-from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.plotting import pyplot
 from mnist_seq.rundir import RunDir
 
@@ -92,49 +90,41 @@ def layer_table(model) -> str:
     return "\n".join(lines)
 
 
-def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
-                 image: str | Path | None = None,
-                 options: RuntimeOptions = DEFAULT_OPTIONS) -> list[Path]:
-    """Write the pictures for the first run (and the rows-read curve for every LSTM run
-    given) into RUN_DIR/inspect/; return the files written."""
-    runs = [RunDir(r).require_finished() for r in run_dirs]
-    configs = [r.read_config() for r in runs]
-    run, config = runs[0], configs[0]
-    backend.choose(options.backend)
-    data = load_mnist(options.data_dir, config["data"]["dir"])
-    if image is not None:
-        from mnist_seq.predict import load_inputs
+@dataclass
+class Shown:
+    """What `inspect` draws: one digit as one run's model reads it. `others` are the
+    further runs given, loaded, for pictures that compare runs."""
 
-        name, digit = load_inputs(image)[0]
-        label, tag = None, Path(name).stem
-    else:
-        index = 0 if index is None else index
-        if not 0 <= index < len(data.x_test):
-            raise MnistSeqError(f"--index {index} is out of range: the test set has "
-                                f"{len(data.x_test)} digits (0..{len(data.x_test) - 1})")
-        digit, label, tag = data.x_test[index], int(data.y_test[index]), f"test{index}"
-    backend.setup(options)
-    model = load_model(run / RunDir.MODEL)
-    written = [run.write_text(run.inspect_file("layers"), layer_table(model) + "\n")]
-    kind = config["model"]["type"]
-    title = f"{run.name}, " + (f"test digit #{index} (label {label})" if label is not None
-                               else f"image {tag}")
-    if kind == "lstm":
-        probe = lstm_probe(model, config)
-        written += lstm_reading(probe, digit, run, tag, title)
-        # The first run's probe is reused; the other LSTM runs are loaded for their curve.
-        probes = {run.name: probe} | {
-            r.name: lstm_probe(load_model(r / RunDir.MODEL), c)
-            for r, c in zip(runs[1:], configs[1:], strict=True) if c["model"]["type"] == "lstm"
-        }
-        written.append(run.save_figure(rows_read_accuracy(probes, data.x_test, data.y_test),
-                                       run.inspect_file("rows_read")))
-    elif kind == "cnn":
-        written += cnn_pictures(model, config, run, digit, tag, title)
-    elif kind == "mlp":
-        written.append(run.save_figure(mlp_weights(model, digit, title),
-                                       run.inspect_file("mlp_units", tag)))
+    run: RunDir
+    config: dict[str, Any]
+    model: Any
+    digit: np.ndarray
+    tag: str  # names the digit in file names: test3, my-digit
+    title: str
+    test: Any  # the MNIST test set (x_test, y_test)
+    others: list[tuple[str, Any, dict[str, Any]]]  # (name, model, config) of each
+
+
+def lstm_pictures(shown: Shown) -> list[Path]:
+    """The LSTM reading the digit row by row, and test accuracy against rows read for
+    this run and every other LSTM run given."""
+    run = shown.run
+    probe = lstm_probe(shown.model, shown.config)
+    written = lstm_reading(probe, shown.digit, run, shown.tag, shown.title)
+    probes = {run.name: probe}  # the first run's probe is reused
+    for name, model, config in shown.others:
+        if config["model"]["type"] == "lstm":
+            probes[name] = lstm_probe(model, config)
+    written.append(run.save_figure(rows_read_accuracy(probes, shown.test.x_test,
+                                                      shown.test.y_test),
+                                   run.inspect_file("rows_read")))
     return written
+
+
+def mlp_pictures(shown: Shown) -> list[Path]:
+    """The input weights of the units the digit excites most."""
+    return [shown.run.save_figure(mlp_weights(shown.model, shown.digit, shown.title),
+                                  shown.run.inspect_file("mlp_units", shown.tag))]
 
 
 def lstm_probe(model, config: dict[str, Any]):
@@ -144,6 +134,35 @@ def lstm_probe(model, config: dict[str, Any]):
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return probe
+
+
+def rows_reader(model, config: dict[str, Any]):
+    """The class probabilities after each row read, (1, 28, 10) per digit."""
+    import keras
+
+    probe = lstm_probe(model, config)
+    return keras.Model(probe.inputs, probe.outputs[-1])
+
+
+def first_conv_reader(model, config: dict[str, Any]):
+    """The first convolution's feature maps, (1, h, w, filters) per digit."""
+    import keras
+
+    first = next(layer for layer in model.layers if layer.__class__.__name__ == "Conv2D")
+    return keras.Model(model.inputs[0], first.output)
+
+
+def rows_card(rows: np.ndarray) -> dict[str, Any]:
+    """The per-row probabilities as the serve page draws them."""
+    return {"rows": np.round(rows, 4).tolist()}
+
+
+def maps_card(maps: np.ndarray) -> dict[str, Any]:
+    """Feature maps (h, w, channels) as 0-255 images, each scaled to its own range."""
+    low, high = maps.min(axis=(0, 1)), maps.max(axis=(0, 1))
+    scaled = (maps - low) / np.where(high > low, high - low, 1)
+    images = np.moveaxis(np.round(255 * scaled).astype(np.uint8), -1, 0)
+    return {"feature_maps": {"shape": list(maps.shape), "images": images.tolist()}}
 
 
 def lstm_reading(probe, digit: np.ndarray, run: RunDir, tag: str, title: str) -> list[Path]:
@@ -241,10 +260,11 @@ def rows_read_accuracy(probes: dict[str, Any], x: np.ndarray, y: np.ndarray):
     return fig
 
 
-def cnn_pictures(model, config, run: RunDir, digit: np.ndarray, tag: str,
-                 title: str) -> list[Path]:
+def cnn_pictures(shown: Shown) -> list[Path]:
     """First-layer filters before and after training; every convolution's feature maps."""
     import keras
+
+    model, run, digit = shown.model, shown.run, shown.digit
 
     plt = pyplot()
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
@@ -253,7 +273,7 @@ def cnn_pictures(model, config, run: RunDir, digit: np.ndarray, tag: str,
     initial_path = run / RunDir.INITIAL_WEIGHTS
     rows = [("trained", trained)]
     if initial_path.is_file():
-        initial = build_model(config["model"])
+        initial = build_model(shown.config["model"])
         initial.load_weights(initial_path)
         start = initial.get_layer(convs[0].name).get_weights()[0]
         rows = [("at initialisation", start), ("trained", trained),
@@ -294,8 +314,8 @@ def cnn_pictures(model, config, run: RunDir, digit: np.ndarray, tag: str,
             ax.imshow(m[:, :, c], cmap="magma")
             ax.set_title(f"ch {c}", fontsize=6)
         row += int(np.ceil(m.shape[-1] / cols))
-    fig.suptitle(title)
-    written.append(run.save_figure(fig, run.inspect_file("cnn_maps", tag)))
+    fig.suptitle(shown.title)
+    written.append(run.save_figure(fig, run.inspect_file("cnn_maps", shown.tag)))
     return written
 
 

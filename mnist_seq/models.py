@@ -74,8 +74,9 @@ def build_lstm(cfg: dict[str, Any], probe: bool = False, unroll: bool = False):
     return keras.Model(inputs, outputs, name="lstm")
 
 
-def build_cnn(cfg: dict[str, Any]):
-    """Conv blocks (conv + optional max-pool), then dense layers, then 10 classes."""
+def build_cnn(cfg: dict[str, Any], unroll: bool = False):
+    """Conv blocks (conv + optional max-pool), then dense layers, then 10 classes
+    (`unroll`: no recurrent layers to unroll)."""
     import keras
 
     inputs = keras.Input(IMAGE_SHAPE, name="image")
@@ -102,8 +103,9 @@ def build_cnn(cfg: dict[str, Any]):
     return keras.Model(inputs, outputs, name="cnn")
 
 
-def build_mlp(cfg: dict[str, Any]):
-    """Flatten to 784 pixels, hidden dense layers, then 10 classes."""
+def build_mlp(cfg: dict[str, Any], unroll: bool = False):
+    """Flatten to 784 pixels, hidden dense layers, then 10 classes (`unroll`: no
+    recurrent layers to unroll)."""
     import keras
 
     inputs = keras.Input(IMAGE_SHAPE, name="image")
@@ -146,6 +148,4 @@ def build_model(model_cfg: dict[str, Any], unroll: bool = False):
     """Build the (uncompiled) Keras model a validated `model` config section describes.
 
     `unroll` applies to LSTMs only (see build_lstm)."""
-    if model_cfg["type"] == "lstm":
-        return build_lstm(model_cfg, unroll=unroll)
-    return BUILDERS[model_cfg["type"]](model_cfg)
+    return BUILDERS[model_cfg["type"]](model_cfg, unroll=unroll)

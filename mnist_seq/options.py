@@ -25,6 +25,11 @@ class DistributeOptions:
     coordinator: str | None = None
     cpu_devices: int | None = None
 
+    @property
+    def several_processes(self) -> bool:
+        """Whether the command line names more than one process."""
+        return (self.num_processes or 1) > 1
+
 
 @dataclass(frozen=True)
 class RuntimeOptions:

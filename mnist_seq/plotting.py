@@ -12,9 +12,7 @@ import numpy as np
 
 from mnist_seq.data import NUM_CLASSES
 from mnist_seq.errors import MnistSeqError
-from mnist_seq.rundir import best_epoch
-
-Rows = list[dict[str, float]]
+from mnist_seq.rundir import Rows, best_epoch
 
 
 def pyplot():

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from mnist_seq.errors import MnistSeqError
+from mnist_seq.errors import MnistSeqError, first_line
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 
 MAX_PIXELS = 40_000_000  # refuse larger images: decompression bombs
@@ -44,16 +44,12 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> np.ndarr
     except FileNotFoundError:
         raise MnistSeqError(f"image not found: {where}") from None
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise MnistSeqError(f"{where}: not a readable image ({_reason(e)})") from None
+        raise MnistSeqError(f"{where}: not a readable image ({first_line(e, 120)})") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
-        raise MnistSeqError(f"{where}: damaged image ({_reason(e)})") from None
+        raise MnistSeqError(f"{where}: damaged image ({first_line(e, 120)})") from None
     if gray.size == 0:
         raise MnistSeqError(f"{where}: the image has no pixels")
     return gray
-
-
-def _reason(e: Exception) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
 
 
 def to_mnist(gray: np.ndarray) -> np.ndarray:
@@ -131,7 +127,7 @@ def _load_npy(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise MnistSeqError(f"array not found: {path}") from None
     except (OSError, ValueError, EOFError) as e:
-        raise MnistSeqError(f"{path}: not a readable .npy array ({_reason(e)})") from None
+        raise MnistSeqError(f"{path}: not a readable .npy array ({first_line(e, 120)})") from None
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[1:] != (28, 28) or len(arr) == 0:

@@ -101,15 +101,17 @@ class RunDir:
     INSPECT, BACKUP, TENSORBOARD = "inspect", "backup", "tensorboard"
     TRIAL = "trial.json"  # a sweep's trial: its state and settings
 
-    def __init__(self, path: str | Path, *, writer: bool = True):
+    def __init__(self, path: str | Path, *, writer: bool = True, timestamped: bool = False,
+                 save_scope: Callable[[], contextlib.AbstractContextManager] =
+                 contextlib.nullcontext):
         self.path = Path(path)
         self.writer = writer
         # A name made from a timestamp (may take a -2 suffix; another process cannot
         # know it).
-        self.timestamped = False
+        self.timestamped = timestamped
         # Entered around every model save: a distributed run saves outside its
         # distribution (`distribute.Cluster.alone`).
-        self.save_scope: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        self.save_scope = save_scope
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -123,6 +125,13 @@ class RunDir:
 
     # -- creating ---------------------------------------------------------------------
 
+    def shared(self, writer: bool, save_scope: Callable[[], contextlib.AbstractContextManager]
+               ) -> RunDir:
+        """This run folder as one process of a run sees it: whether it writes (in a run
+        over several processes, process 0 alone), and what it saves models inside."""
+        return RunDir(self.path, writer=writer, timestamped=self.timestamped,
+                      save_scope=save_scope)
+
     @classmethod
     def new(cls, name: str, run_dir: str | Path | None = None, root: str | Path = "runs",
             *, writer: bool = True) -> RunDir:
@@ -133,8 +142,8 @@ class RunDir:
                 raise _exists(run_dir)
             run = cls(run_dir, writer=writer)
         else:
-            run = cls(Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", writer=writer)
-            run.timestamped = True
+            run = cls(Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", writer=writer,
+                      timestamped=True)
         # Said now, not after minutes of loading and compiling.
         existing = next(p for p in run.path.absolute().parents if p.exists())
         if writer and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
@@ -269,6 +278,10 @@ class RunDir:
         """trial.json (state, settings, validation accuracy) for a sweep's trial, else
         None."""
         return self._read_json(self.TRIAL) if (self / self.TRIAL).is_file() else None
+
+    def write_trial(self, record: dict[str, Any]) -> Path:
+        """trial.json: how a sweep's trial stands (state, settings, value, note)."""
+        return self.write_json(self.TRIAL, record)
 
     def _read_json(self, name: str) -> dict[str, Any]:
         try:

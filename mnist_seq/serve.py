@@ -30,8 +30,9 @@ TOP = 3
 
 @dataclass
 class Reader:
-    """One run's model, ready to read digits: `extra` is the LSTM's per-row model or the
-    CNN's first-convolution model, or None."""
+    """One run's model, ready to read digits: `extra` is the model behind its card
+    (`kinds.Kind.reader`: the LSTM's per-row probabilities, the CNN's first convolution),
+    or None."""
 
     name: str
     kind: str
@@ -59,9 +60,7 @@ def load_readers(run_dirs: list[str | Path],
 
     runs = [RunDir(d).require_finished() for d in run_dirs]
     backend.setup(options)
-    import keras
-
-    from mnist_seq.explain import lstm_probe
+    from mnist_seq.kinds import KINDS
 
     # Runs are named by their folder, or by its last two parts where folders share a name.
     shared = {r.name for r in runs if [x.name for x in runs].count(r.name) > 1}
@@ -70,14 +69,8 @@ def load_readers(run_dirs: list[str | Path],
         config = run.read_config()
         kind = config["model"]["type"]
         model = load_model(run / RunDir.MODEL)
-        extra = None
-        if kind == "lstm":
-            probe = lstm_probe(model, config)
-            extra = keras.Model(probe.inputs, probe.outputs[-1])  # (1, 28 rows, 10)
-        elif kind == "cnn":
-            first = next(layer for layer in model.layers
-                         if layer.__class__.__name__ == "Conv2D")
-            extra = keras.Model(model.inputs[0], first.output)
+        reader = KINDS[kind].reader
+        extra = reader(model, config) if reader else None
         name = f"{run.path.absolute().parent.name}/{run.name}" if run.name in shared else run.name
         reader = Reader(name, kind, model, extra)
         read_digit([reader], np.zeros((28, 28), np.uint8))  # compile now, not on request 1
@@ -98,6 +91,7 @@ def prepare(body: bytes) -> np.ndarray:
 def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
     """What every run makes of one 28x28 uint8 digit."""
     from mnist_seq.evaluation import fit_input
+    from mnist_seq.kinds import KINDS
 
     runs = []
     for r in readers:
@@ -109,20 +103,10 @@ def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
         entry = {"name": r.name, "type": r.kind,
                  "top": [{"class": int(c), "probability": round(float(probs[c]), 5)}
                          for c in order]}
-        if r.kind == "lstm":
-            entry["rows"] = np.round(extra, 4).tolist()
-        elif r.kind == "cnn":
-            entry["feature_maps"] = _maps_as_images(extra)
+        if extra is not None:
+            entry |= KINDS[r.kind].card(extra)
         runs.append(entry)
     return {"input": digit.tolist(), "runs": runs}
-
-
-def _maps_as_images(maps: np.ndarray) -> dict[str, Any]:
-    """Feature maps (h, w, channels) as 0-255 images, each scaled to its own range."""
-    low, high = maps.min(axis=(0, 1)), maps.max(axis=(0, 1))
-    scaled = (maps - low) / np.where(high > low, high - low, 1)
-    images = np.moveaxis(np.round(255 * scaled).astype(np.uint8), -1, 0)
-    return {"shape": list(maps.shape), "images": images.tolist()}
 
 
 def make_app(readers: list[Reader]):
@@ -174,15 +158,13 @@ def _error(status: int, message: str):
 
 def check_port(host: str, port: int) -> None:
     """Say at once, in one line, when the address cannot be served."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise MnistSeqError(f"port {port} on {host} is in use; pick another with "
-                                "--port") from None
-        raise MnistSeqError(f"cannot serve on {host}:{port}: {e.strerror or e}") from None
+    from mnist_seq.processes import port_taken
+
+    e = port_taken(host, port)
+    if e is not None and e.errno == errno.EADDRINUSE:
+        raise MnistSeqError(f"port {port} on {host} is in use; pick another with --port")
+    if e is not None:
+        raise MnistSeqError(f"cannot serve on {host}:{port}: {e.strerror or e}")
 
 
 def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000,

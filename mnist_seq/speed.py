@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mnist_seq.config import OPTIMIZERS
+from mnist_seq.kinds import KINDS
 
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
 # Optimizers whose update has a fused TensorFlow op (tf_speed.fuse_optimizer_updates).
@@ -53,7 +54,7 @@ def machine_facts(on_gpu: bool, backend: str, cores: int | None = None) -> Machi
     how many this process may use, if not all."""
     onednn = None
     if backend == "tensorflow" and not on_gpu:
-        from mnist_seq.backend import onednn_enabled
+        from mnist_seq.tf_speed import onednn_enabled
 
         onednn = onednn_enabled()
     return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1, bf16=cpu_has_bf16(),
@@ -79,7 +80,8 @@ def choose_precision(setting: str, model_type: str, machine: Machine,
     faster; LSTMs stay float32 (bf16 hurts their recurrence)."""
     if setting != "auto":
         return setting
-    if model_type == "cnn" and not machine.gpu and machine.bf16 and backend == "tensorflow":
+    if (KINDS[model_type].bf16_on_cpu and not machine.gpu and machine.bf16
+            and backend == "tensorflow"):
         return "mixed_bfloat16"
     return "float32"
 
@@ -102,15 +104,15 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                distributed: bool = False) -> SpeedPlan:
     """Decide how this run trains fast. Pure: it sets nothing."""
     mcfg, tcfg = config["model"], config["train"]
-    kind = mcfg["type"]
+    kind = KINDS[mcfg["type"]]
     tf_cpu = backend == "tensorflow" and not machine.gpu and not distributed
-    precision = choose_precision(tcfg["precision"], kind, machine, backend)
+    precision = choose_precision(tcfg["precision"], mcfg["type"], machine, backend)
     # On a CPU, unrolling the 28 steps beats TensorFlow's while-loop: the 3-layer LSTM
     # trained 1.39x faster per epoch for 2.6 s more compiling. On JAX it is the other
     # way round: its scan trained 3x faster than the unrolled graph, and compiled 20 s
     # sooner (docs/performance.md). On a GPU the cuDNN kernel is faster still, and
     # unrolling would rule it out.
-    unroll = kind == "lstm" and not machine.gpu and backend == "tensorflow"
+    unroll = kind.recurrent and not machine.gpu and backend == "tensorflow"
     xla = choose_xla(tcfg["xla"], machine.gpu, backend)
     # The unrolled graph has many small ops that do not depend on each other (layer 2
     # at row t beside layer 1 at row t+1): on 2 cores, two ops at once on one thread
@@ -123,8 +125,8 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # optimizer updates paid for the MLP and LeNet, 1.14x each (LeNet's Adam state is
     # 1.3M floats that ten or so ops read and write per step otherwise). LSTMs' steps
     # are ruled by many small recurrent ops: not measured, left as they were.
-    one_call = kind == "mlp" and tf_cpu
-    fused = kind in ("mlp", "cnn") and tf_cpu and tcfg["optimizer"] in FUSABLE
+    one_call = kind.one_call_epochs and tf_cpu
+    fused = kind.fused_updates and tf_cpu and tcfg["optimizer"] in FUSABLE
     # Under TensorFlow's MirroredStrategy, Keras's loop over several steps per call fails
     # in fit (an unfed placeholder in its while loop, Keras 3.15.1); one step per call works.
     mirrored = distributed and backend == "tensorflow"
@@ -141,7 +143,7 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
         notes.append("oneDNN on" if machine.onednn else
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
-    if kind == "lstm":
+    if kind.recurrent:
         if not machine.gpu:
             how = "unrolled over" if unroll else "Keras's loop over"
             notes.append(f"LSTM kernel: generic, {how} the 28 rows (CPU; cuDNN needs a GPU)")

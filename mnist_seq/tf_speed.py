@@ -148,3 +148,12 @@ def pixel_batches(x, y, batch_size: int, seed: int):
             .map(lambda i: (to_unit(tf.gather(x, i)), tf.gather(y, i)),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def onednn_enabled() -> bool | None:
+    """Whether TensorFlow runs its oneDNN CPU kernels (None if this TensorFlow cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # no public API for this
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())

@@ -24,9 +24,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from page import free_port  # scripts/page.py, beside this script
-
 from mnist_seq.rundir import RunDir
+
+# The server and browser helpers the tests use (tests/page.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from page import free_port  # noqa: E402
 
 MNIST_SEQ = [sys.executable, "-m", "mnist_seq", "train", "--backend", "jax"]
 

@@ -13,11 +13,16 @@ import argparse
 import http.client
 import io
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import page
 from PIL import Image, ImageDraw
+
+# The server and browser helpers the tests use (tests/page.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import page  # noqa: E402
 
 
 def drawn_seven() -> bytes:

@@ -6,9 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import page
+# The server and browser helpers the tests use (tests/page.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import page  # noqa: E402
 
 
 def main() -> None:

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from page import free_port
 from test_cli import assert_one_line_error, run
 from test_robustness import assert_complete_run, wait_for_epochs
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from page import free_port  # noqa: E402  (scripts/page.py)
 
 # 576 training samples: nine full global batches of 64, so no sample is left over
 # however the batch is split.
@@ -278,7 +276,25 @@ def test_a_resumed_epoch_gets_the_order_it_would_have_had():
      "the training process ended with signal 11 (no message); --debug shows its log"),
 ])
 def test_what_the_runtime_logged_becomes_one_line(log, code, expected):
-    from mnist_seq.supervise import why_it_stopped
+    from mnist_seq.processes import why_it_stopped
 
     said = why_it_stopped(log, code, "runs/x")
     assert expected in said and "\n" not in said
+
+
+def test_a_local_cluster_does_nothing_but_pass_the_data_through():
+    from mnist_seq.distribute import Cluster, join
+
+    local = join("tensorflow", None)
+    assert local == Cluster.local("tensorflow") and local.writer
+    assert not (local.distributed or local.several_processes or local.feeds_parts)
+    assert local.describe() == "" and local.facts() is None
+    with local.scope(), local.alone():
+        pass
+    with pytest.raises(RuntimeError, match="gloo"), local.lost_processes("hint"):
+        raise RuntimeError("gloo connection closed")  # not a lost process: one is alone
+    x, y = np.zeros((5, 28, 28), np.float32), np.arange(5)
+    assert local.eval_inputs(x, y, 4) == {"x": x, "y": y, "batch_size": 4}
+    assert local.validation(x, y, 4)["validation_batch_size"] == 4
+    local.check_batch(7, "train.batch_size")  # any batch splits over one device
+    local.close()

@@ -35,6 +35,10 @@ def test_evaluate_agrees_with_keras_and_writes_pictures(trained_run, data_dir):
     assert result.exit_code == 0, result.output
     assert "top-2 accuracy" in result.output and "confusion matrix" in result.output
     figures = json.loads((trained_run / "evaluation.json").read_text())
+    # Training scored the same model on the same digits through the same function.
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert (metrics["test_loss"], metrics["test_accuracy"]) == (figures["loss"],
+                                                                figures["accuracy"])
 
     import keras
 

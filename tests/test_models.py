@@ -42,3 +42,13 @@ def test_lstm_reads_rows_as_timesteps():
     assert [tuple(layer.output.shape) for layer in lstms] == [(None, 28, 128), (None, 28, 128),
                                                                (None, 128)]
     assert lstms[-1].kernel_regularizer is not None and lstms[0].kernel_regularizer is None
+
+
+def test_every_model_type_has_its_row_in_the_table():
+    from mnist_seq.kinds import KINDS
+    from mnist_seq.models import BUILDERS, MODEL_DEFAULTS
+
+    assert set(KINDS) == set(BUILDERS) == set(MODEL_DEFAULTS)
+    for name, kind in KINDS.items():
+        assert (kind.reader is None) == (kind.card is None), name
+        assert callable(kind.pictures), name

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,30 @@ def start_training(run_dir: Path, data_dir: Path) -> subprocess.Popen:
         [sys.executable, "-m", "mnist_seq", "train", *SLOW_EPOCHS, "--data-dir", str(data_dir),
          "--run-dir", str(run_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+class Output:
+    """A process's output, read as it comes, so that a test can wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lines = proc, []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(proc.stdout),
+                                       daemon=True)
+        self.reader.start()
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        """Until a line holds `text` (the process still running)."""
+        deadline = time.time() + timeout
+        while not any(text in line for line in list(self.lines)):
+            assert self.proc.poll() is None, self.text()
+            assert time.time() < deadline, f"no {text!r} in time:\n{self.text()}"
+            time.sleep(0.02)
+
+    def text(self) -> str:
+        """All of it, once the process has ended."""
+        self.proc.wait(timeout=120)
+        self.reader.join(timeout=60)
+        return "".join(self.lines)
 
 
 def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120):
@@ -68,8 +93,9 @@ def assert_complete_run(run_dir: Path, epochs: int) -> list[dict]:
 def test_sigkill_mid_epoch_then_resume(data_dir, tmp_path):
     run_dir = tmp_path / "killed"
     proc = start_training(run_dir, data_dir)
+    output = Output(proc)
+    output.wait_for("Epoch 2/3")  # Keras's line as the second epoch begins
     wait_for_epochs(run_dir, 1, proc)
-    time.sleep(0.3)  # into the second epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()
@@ -98,10 +124,10 @@ def test_sigkill_mid_epoch_then_resume(data_dir, tmp_path):
 def test_ctrl_c_saves_and_says_how_to_resume(data_dir, tmp_path):
     run_dir = tmp_path / "interrupted"
     proc = start_training(run_dir, data_dir)
-    wait_for_epochs(run_dir, 1, proc)
-    time.sleep(0.3)
+    output = Output(proc)
+    output.wait_for("Epoch 2/3")
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out = output.text()
     assert proc.returncode == 130, out
     assert f"Resume with: mnist-seq train --resume {run_dir}" in out and "Traceback" not in out
     assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()

@@ -145,3 +145,31 @@ def test_runs_and_report_read_through_the_object(tmp_path):
     run.write_json(RunDir.METRICS, {"test_accuracy": 0.93, "params": 10})
     (row,) = list_runs(tmp_path)
     assert (row["test_accuracy"], row["params"]) == (0.93, 10)
+
+
+def test_a_sweep_folder_owns_its_files_and_its_trials_records(tmp_path):
+    from mnist_seq.sweep_folder import SweepFolder
+
+    folder = SweepFolder(tmp_path / "sweep")
+    folder.claim({"spec": 1}, "sqlite:///x")
+    folder.write_state("s", "sqlite:///x", {"spec": 1})
+    folder.claim({"spec": 1}, "sqlite:///x")  # the same sweep again: continued
+    with pytest.raises(RunDirError, match="another spec"):
+        folder.claim({"spec": 2}, "sqlite:///x")
+    with pytest.raises(RunDirError, match="same --storage"):
+        folder.claim({"spec": 1}, "postgresql://u:***@h/db")
+    with (folder.exclusive(), pytest.raises(RunDirError, match="another sweep is running"),
+          SweepFolder(folder.path).exclusive()):
+        pass
+    folder.trial(3).path.mkdir()
+    folder.mark(3, {"lr": 0.1}, "pruned", "stopped after epoch 1")
+    assert folder.trial(3).read_trial() == {"trial": 3, "state": "pruned", "value": None,
+                                            "params": {"lr": 0.1},
+                                            "note": "stopped after epoch 1"}
+    assert folder.trial(3).name == "trial-0003" and folder.read_best() is None
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="is not a sweep folder"):
+        SweepFolder(other).claim({"spec": 1}, "sqlite:///x")
+    assert (other / "keep.txt").read_text() == "mine"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,7 @@ from test_cli import SMOKE, assert_one_line_error, run
 pytest.importorskip("starlette")
 pytest.importorskip("httpx2")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import page  # noqa: E402  (scripts/page.py: the server and the browser, as a person uses them)
+import page  # the server and the browser, as a person uses them
 
 
 @pytest.fixture(scope="module")

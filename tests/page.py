@@ -1,7 +1,6 @@
 """Drive `mnist-seq serve` as a person does: start it, open the page in Debian's headless
 Chromium (through its chromedriver: nothing is downloaded), draw on the canvas with
-pointer events. Used by scripts/screenshot_serve.py, scripts/bench_serve.py and the
-browser test."""
+pointer events. Used by the browser test, scripts/screenshot_serve.py and scripts/bench_serve.py."""
 
 from __future__ import annotations
 
