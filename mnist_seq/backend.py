@@ -78,7 +78,7 @@ def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
     # LSTM 1.7x slower (docs/performance.md). A user's own setting wins; TensorFlow
     # reads it once, when it loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    with _quiet_stderr(enabled=not debug):
+    with quiet_stderr(enabled=not debug):
         import keras  # noqa: F401
         import tensorflow as tf
     if not debug:
@@ -119,7 +119,7 @@ def _setup_jax(device: str, debug: bool, deterministic: bool,
         if "xla_gpu_deterministic_ops" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
     try:
-        with _quiet_stderr(enabled=not debug):
+        with quiet_stderr(enabled=not debug):
             import jax
 
             if distribute:  # before JAX's first use: it fixes the devices and processes
@@ -156,7 +156,7 @@ def _keras_without_tensorflow() -> None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr(enabled: bool):
+def quiet_stderr(enabled: bool = True):
     """Silence the C++ log lines TensorFlow prints while it loads (they ignore
     TF_CPP_MIN_LOG_LEVEL because they come before logging is set up)."""
     if not enabled:

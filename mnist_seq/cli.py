@@ -300,6 +300,16 @@ def serve(ctx: click.Context, run_dirs, host, port, open_browser, device) -> Non
                log=click.echo)
 
 
+@cli.command()
+@click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
+def doctor(data_dir) -> None:
+    """What this machine offers: CPU, GPUs, backends, extras, data, speed plans."""
+    from mnist_seq.doctor import report
+
+    for line in report(data_dir):
+        click.echo(line)
+
+
 def main() -> None:
     """Console entry point."""
     try:

@@ -33,6 +33,7 @@ class Machine:
     bf16: bool = False  # the CPU computes bfloat16 natively (AVX512-BF16 or AMX)
     onednn: bool | None = None  # TensorFlow's oneDNN CPU kernels run (None: cannot say)
     onednn_user_off: bool = False  # ... because TF_ENABLE_ONEDNN_OPTS=0
+    cpu: str = ""  # the CPU in words (machine.CPU.describe), for the Speed: line
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,12 @@ def machine_facts(on_gpu: bool, backend: str, cores: int | None = None) -> Machi
         from mnist_seq.tf_speed import onednn_enabled
 
         onednn = onednn_enabled()
-    return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1, bf16=cpu_has_bf16(),
+    from mnist_seq.machine import cpu
+
+    return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1, bf16=cpu().bf16,
                    onednn=onednn,
-                   onednn_user_off=os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively; elsewhere it is emulated, and slower
-    than float32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+                   onednn_user_off=os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0",
+                   cpu=cpu().describe())
 
 
 def choose_precision(setting: str, model_type: str, machine: Machine,
@@ -144,21 +137,26 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
     if kind.recurrent:
-        if not machine.gpu:
-            how = "unrolled over" if unroll else "Keras's loop over"
-            notes.append(f"LSTM kernel: generic, {how} the 28 rows (CPU; cuDNN needs a GPU)")
-        elif mcfg["recurrent_dropout"]:
-            notes.append("LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN")
-        else:
-            notes.append("LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)")
+        notes.append(_lstm_kernel(machine, mcfg, unroll))
     if fused:
         notes.append(f"fused {OPTIMIZERS[tcfg['optimizer']]} updates")
+    if machine.cpu and not machine.gpu:
+        notes.append(f"CPU {machine.cpu}")
     return SpeedPlan(precision=precision, unroll=unroll, jit_compile=xla,
                      steps_per_execution=spe, op_threads=op_threads, fused_updates=fused,
                      one_call_epochs=one_call,
                      validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
                      pixels_in_graph=backend == "tensorflow",
                      line=", ".join(notes))
+
+
+def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool) -> str:
+    if not machine.gpu:
+        how = "unrolled over" if unroll else "Keras's loop over"
+        return f"LSTM kernel: generic, {how} the 28 rows (CPU; cuDNN needs a GPU)"
+    if mcfg["recurrent_dropout"]:
+        return "LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN"
+    return "LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)"
 
 
 def _xla_words(xla: bool | str, backend: str) -> str:

@@ -240,6 +240,8 @@ def finish(s: Session, score_test: bool = True) -> dict[str, Any]:
 
 def _metrics(s: Session, test: dict[str, float]) -> dict[str, Any]:
     """metrics.json: the run's figures and where and how it ran."""
+    from mnist_seq.machine import cpu
+
     train_seconds = sum(r["seconds"] for r in s.rows)  # over every part of a resumed run
     best = s.rows[best_epoch(s.rows) or 0]
     tcfg = s.config["train"]
@@ -263,6 +265,7 @@ def _metrics(s: Session, test: dict[str, float]) -> dict[str, Any]:
         "xla": s.plan.jit_compile,
         "data_source": s.data.source,
         "distributed": s.cluster.facts(),
+        "cpu": cpu().as_dict(),
         **s.facts,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **backend.versions(),

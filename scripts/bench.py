@@ -221,8 +221,11 @@ def main() -> None:
     print(f"contenders: {', '.join(contenders)} (pip install '.[jax,bench]' for all four)")
 
     from mnist_seq.config import load_config
+    from mnist_seq.machine import cpu
 
-    results: dict = {"args": vars(args), "configs": {}, "ratios": {}, "epoch_seconds": {}}
+    # Figures mean little without the CPU they came from.
+    results: dict = {"args": vars(args), "cpu": cpu().as_dict(), "configs": {}, "ratios": {},
+                     "epoch_seconds": {}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for name in args.configs.split(","):
@@ -309,7 +312,7 @@ def extras(env: dict[str, str], tmp: Path) -> dict[str, float]:
 
 
 def print_table(results: dict, contenders: list[str], ratios: list[tuple[str, str]]) -> None:
-    print()
+    print(f"\nCPU: {results['cpu']['kind']}")
     head = ("| config | measure | " + " | ".join(contenders) + " | "
             + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
     print(head)

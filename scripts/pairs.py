@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("b")
     parser.add_argument("--pairs", type=int, default=5)
     args = parser.parse_args()
+    from mnist_seq.machine import cpu
+
+    print(f"CPU: {cpu().describe()}", flush=True)  # the figures below are this CPU's
     walls: dict[str, list[float]] = {"A": [], "B": []}
     for i in range(args.pairs):
         order = [("A", args.a), ("B", args.b)]
