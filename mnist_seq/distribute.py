@@ -196,9 +196,8 @@ class Cluster:
 
     def validation(self, x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, Any]:
         """The validation set as `model.fit` keyword arguments (see `eval_inputs`)."""
-        given = self.eval_inputs(x, y, batch)
-        if "y" not in given:
-            return {"validation_data": given["x"]}
+        if self.feeds_parts:
+            return {"validation_data": self.eval_inputs(x, y, batch)["x"]}
         return {"validation_data": (x, y), "validation_batch_size": batch}
 
     @contextlib.contextmanager

@@ -54,8 +54,8 @@ def gpus(backend: str, jax_probe: subprocess.Popen | None = None) -> str:
     try:
         if backend == "jax":
             out, err = jax_probe.communicate(timeout=60)
-            if jax_probe.returncode != 0:
-                return f"cannot say ({first_line(Exception(err.strip()))})"
+            if jax_probe.returncode != 0:  # a traceback's last line says what failed
+                return f"cannot say ({(err.strip().splitlines() or ['no message'])[-1][:200]})"
             names = json.loads(out.strip().splitlines()[-1])
         else:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

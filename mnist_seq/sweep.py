@@ -229,7 +229,9 @@ def _run_workers(sweep: Sweep, workers: int) -> None:
     codes = [p.exitcode for p in procs]
     if interrupted or SweepInterrupted.exit_code in codes or -signal.SIGINT in codes:
         raise SweepInterrupted(INTERRUPTED)
-    said = [errors.get() for _ in range(sum(bool(c) for c in codes)) if not errors.empty()]
+    said = []
+    while not errors.empty():
+        said.append(errors.get())
     if said:
         raise MnistSeqError("; ".join(said) + "; finished trials are kept: run the same "
                             "command again to continue")
