@@ -301,6 +301,30 @@ def serve(ctx: click.Context, run_dirs, host, port, open_browser, device) -> Non
 
 
 @cli.command()
+@click.argument("run_or_model", metavar="RUN_DIR|MODEL.keras")
+@click.option("--format", "formats", multiple=True, required=True,
+              type=click.Choice(["onnx", "litert", "saved_model", "web"]),
+              help="What to write (repeatable): onnx, litert (.tflite), saved_model "
+                   "(TensorFlow), web (a static draw-a-digit page).")
+@click.option("--out", metavar="DIR", help="Folder to write into (default: RUN_DIR/export).")
+@click.option("--quantize", type=click.Choice(["float16", "int8"]),
+              help="Smaller files: int8 (onnx, litert, web; calibrated on training images) "
+                   "or float16 (litert).")
+@click.option("--force", is_flag=True, help="Replace files of the same name in the folder.")
+@click.option("--data-dir", metavar="DIR", help="MNIST files for the check (as for train).")
+@click.pass_context
+def export(ctx: click.Context, run_or_model, formats, out, quantize, force, data_dir) -> None:
+    """Write the model for use outside mnist-seq, each file checked against Keras on the
+    test set (export/export.json)."""
+    from mnist_seq.export import ExportRequest, format_table
+    from mnist_seq.export import export as run_export
+
+    request = ExportRequest(run_or_model, tuple(formats), out, quantize, force)
+    entries = run_export(request, _options(ctx, data_dir=data_dir), log=click.echo)
+    click.echo(format_table(entries))
+
+
+@cli.command()
 @click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
 def doctor(data_dir) -> None:
     """What this machine offers: CPU, GPUs, backends, extras, data, speed plans."""

@@ -9,15 +9,14 @@ from typing import Any
 import numpy as np
 
 from mnist_seq import backend
-from mnist_seq.data import NUM_CLASSES, load_mnist, to_float
+from mnist_seq.data import NUM_CLASSES, load_mnist
 from mnist_seq.distribute import Cluster
 from mnist_seq.errors import MnistSeqError, first_line
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.plotting import plot_confusion, plot_worst_errors
 from mnist_seq.rundir import RunDir
+from mnist_seq.runtime import fit_shape, probabilities
 
-# Input shapes a model may take; MNIST images are reshaped to fit.
-ACCEPTED_INPUTS = ((28, 28), (28, 28, 1), (784,))
 BATCH = 512  # images per step when scoring and predicting
 
 
@@ -47,24 +46,13 @@ def load_model(path: str | Path):
 
 def fit_input(model, images: np.ndarray) -> np.ndarray:
     """uint8 images (N, 28, 28) as float32 in the shape the model takes."""
-    shape = tuple(model.inputs[0].shape[1:])
-    if shape not in ACCEPTED_INPUTS:
-        raise MnistSeqError(f"model input shape {shape} does not fit MNIST: expected one of "
-                            f"{', '.join(map(str, ACCEPTED_INPUTS))}")
-    return to_float(images).reshape((len(images), *shape))
+    return fit_shape(images, model.inputs[0].shape[1:])
 
 
 def predict_proba(model, images: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, bool]:
     """Class probabilities (N, 10), and whether the model gave logits (then softmaxed here)."""
-    out = np.asarray(model.predict(fit_input(model, images), batch_size=batch_size, verbose=0),
-                     dtype=np.float64)
-    if out.ndim != 2 or out.shape[1] != NUM_CLASSES:
-        raise MnistSeqError(f"model output shape {out.shape[1:]} is not (10,) class scores")
-    logits = bool(out.min() < 0 or not np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
-    if logits:
-        out = np.exp(out - out.max(axis=1, keepdims=True))
-        out /= out.sum(axis=1, keepdims=True)
-    return out, logits
+    return probabilities(model.predict(fit_input(model, images), batch_size=batch_size,
+                                       verbose=0))
 
 
 def score(model, images: np.ndarray, labels: np.ndarray, from_logits: bool = False,
@@ -144,11 +132,16 @@ def evaluate(
     options: RuntimeOptions = DEFAULT_OPTIONS,
     max_samples: int | None = None,
 ) -> dict[str, Any]:
-    """Score a finished run's model.keras (or any .keras file) on the MNIST test set once.
+    """Score a finished run's model.keras (or any .keras file, or an exported .onnx or
+    .tflite file, run without Keras) on the MNIST test set once.
 
     Writes evaluation.json, confusion.png and worst-errors.png into the run folder (or
     beside the model file).
     """
+    from mnist_seq.runtime import is_exported
+
+    if is_exported(run_or_model):
+        return _evaluate_exported(run_or_model, options, max_samples)
     run, model_path = RunDir.locate_model(run_or_model)
     backend.setup(options)
     model = load_model(model_path)
@@ -157,8 +150,31 @@ def evaluate(
     x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
     probs, logits = predict_proba(model, x_test)
     result = {"model": str(model_path), "data_source": data.source,
-              **score(model, x_test, y_test, from_logits=logits),
-              **class_figures(probs, y_test)}
+              **score(model, x_test, y_test, from_logits=logits)}
+    return _write_evaluation(run, result, probs, x_test, y_test)
+
+
+def _evaluate_exported(path: str | Path, options: RuntimeOptions,
+                       max_samples: int | None) -> dict[str, Any]:
+    """`evaluate` on an exported file: its own runtime's probabilities, and the loss as
+    Keras computes it from probabilities (clipped at 1e-7)."""
+    from mnist_seq.runtime import open_exported, recorded_data
+
+    model = open_exported(path)
+    data = load_mnist(options.data_dir, recorded_data(model.path.parent))
+    x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
+    probs, _ = model.predict(x_test)
+    picked = np.clip(probs[np.arange(len(y_test)), y_test], 1e-7, 1 - 1e-7)
+    result = {"model": str(model.path), "data_source": data.source,
+              "loss": float(-np.mean(np.log(picked))),
+              "accuracy": float(np.mean(probs.argmax(axis=1) == y_test))}
+    return _write_evaluation(RunDir(model.path.parent), result, probs, x_test, y_test)
+
+
+def _write_evaluation(run: RunDir, result: dict[str, Any], probs: np.ndarray,
+                      x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """The per-class figures and the pictures, written with evaluation.json."""
+    result |= class_figures(probs, y_test)
     name = run.name
     result["files"] = [
         str(run.save_figure(plot_confusion(

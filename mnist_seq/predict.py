@@ -144,17 +144,24 @@ def predict_files(run_or_model: str | Path, files: list[str | Path],
                   save_input: str | Path | None = None,
                   options: RuntimeOptions = DEFAULT_OPTIONS,
                   top: int = 3) -> list[dict[str, Any]]:
-    """Top classes and probabilities for each image or array, from a finished run's model
-    or a .keras file."""
-    from mnist_seq import backend
-    from mnist_seq.evaluation import load_model, predict_proba
-    from mnist_seq.rundir import RunDir
+    """Top classes and probabilities for each image or array, from a finished run's model,
+    a .keras file, or an exported .onnx/.tflite file (run without Keras)."""
+    from mnist_seq.runtime import is_exported, open_exported
 
-    _, model_path = RunDir.locate_model(run_or_model)
-    inputs = [item for f in files for item in load_inputs(f)]
-    backend.setup(options)
-    model = load_model(model_path)
-    probs, _ = predict_proba(model, np.stack([digit for _, digit in inputs]))
+    if is_exported(run_or_model):
+        model = open_exported(run_or_model)
+        inputs = [item for f in files for item in load_inputs(f)]
+        probs, _ = model.predict(np.stack([digit for _, digit in inputs]))
+    else:
+        from mnist_seq import backend
+        from mnist_seq.evaluation import load_model, predict_proba
+        from mnist_seq.rundir import RunDir
+
+        _, model_path = RunDir.locate_model(run_or_model)
+        inputs = [item for f in files for item in load_inputs(f)]
+        backend.setup(options)
+        probs, _ = predict_proba(load_model(model_path),
+                                 np.stack([digit for _, digit in inputs]))
     results = []
     for (name, digit), p in zip(inputs, probs, strict=True):
         order = np.argsort(-p)[:top]

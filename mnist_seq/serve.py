@@ -14,8 +14,8 @@ import errno
 import io
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,15 @@ TOP = 3
 
 @dataclass
 class Reader:
-    """One run's model, ready to read digits: `extra` is the model behind its card
+    """One run's model, ready to read digits: `answer` gives the model's outputs for a
+    (1, 28, 28) uint8 digit, `card` those of the model behind its card
     (`kinds.Kind.reader`: the LSTM's per-row probabilities, the CNN's first convolution),
     or None."""
 
     name: str
     kind: str
-    model: Any
-    extra: Any = None
+    answer: Callable[[np.ndarray], np.ndarray]
+    card: Callable[[np.ndarray], np.ndarray] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -53,29 +54,59 @@ def require_web() -> None:
 
 def load_readers(run_dirs: list[str | Path],
                  options: RuntimeOptions = DEFAULT_OPTIONS) -> list[Reader]:
-    """Load every finished run's model once, with what the page shows of it."""
-    from mnist_seq import backend
-    from mnist_seq.evaluation import load_model
+    """Load every finished run's model (or exported file) once, with what the page shows
+    of it. Keras starts only if some run is not an exported file."""
     from mnist_seq.rundir import RunDir
+    from mnist_seq.runtime import is_exported
 
-    runs = [RunDir(d).require_finished() for d in run_dirs]
-    backend.setup(options)
-    from mnist_seq.kinds import KINDS
+    exported = [is_exported(d) for d in run_dirs]
+    runs = [None if e else RunDir(d).require_finished() for d, e in zip(run_dirs, exported,
+                                                                         strict=True)]
+    names = [_exported_name(Path(d)) if e else r.name
+             for d, e, r in zip(run_dirs, exported, runs, strict=True)]
+    if not all(exported):
+        from mnist_seq import backend
 
-    # Runs are named by their folder, or by its last two parts where folders share a name.
-    shared = {r.name for r in runs if [x.name for x in runs].count(r.name) > 1}
+        backend.setup(options)
     readers = []
-    for run in runs:
-        config = run.read_config()
-        kind = config["model"]["type"]
-        model = load_model(run / RunDir.MODEL)
-        reader = KINDS[kind].reader
-        extra = reader(model, config) if reader else None
-        name = f"{run.path.absolute().parent.name}/{run.name}" if run.name in shared else run.name
-        reader = Reader(name, kind, model, extra)
+    for path, run, name in zip(run_dirs, runs, names, strict=True):
+        if names.count(name) > 1 and run is not None:  # folders that share a name
+            name = f"{run.path.absolute().parent.name}/{run.name}"
+        reader = _keras_reader(run, name) if run is not None else _exported_reader(path, name)
         read_digit([reader], np.zeros((28, 28), np.uint8))  # compile now, not on request 1
         readers.append(reader)
     return readers
+
+
+def _keras_reader(run, name: str) -> Reader:
+    from mnist_seq.evaluation import fit_input, load_model
+    from mnist_seq.kinds import KINDS
+
+    config = run.read_config()
+    kind = config["model"]["type"]
+    model = load_model(run / run.MODEL)
+    extra = KINDS[kind].reader(model, config) if KINDS[kind].reader else None
+    return Reader(name, kind, lambda d: np.asarray(model.predict_on_batch(fit_input(model, d))),
+                  None if extra is None else
+                  lambda d: np.asarray(extra.predict_on_batch(fit_input(extra, d))))
+
+
+def _exported_reader(path: str | Path, name: str) -> Reader:
+    from mnist_seq.runtime import open_exported
+
+    model = open_exported(path)
+    return Reader(name, model.kind or "model", lambda d: model.predict(d)[0],
+                  None if model.card is None else lambda d: model.read_card(d[0])[None])
+
+
+def _exported_name(path: Path) -> str:
+    """An exported file as RUN/FILE when it lies in a run's export folder; a folder as
+    PARENT/FOLDER."""
+    if path.is_dir():
+        return f"{path.absolute().parent.name}/{path.name}"
+    if path.absolute().parent.name == "export":
+        return f"{path.absolute().parent.parent.name}/{path.name}"
+    return path.name
 
 
 def prepare(body: bytes) -> np.ndarray:
@@ -90,15 +121,13 @@ def prepare(body: bytes) -> np.ndarray:
 
 def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
     """What every run makes of one 28x28 uint8 digit."""
-    from mnist_seq.evaluation import fit_input
     from mnist_seq.kinds import KINDS
 
     runs = []
     for r in readers:
         with r.lock:  # one request at a time per model; other models run meanwhile
-            probs = np.asarray(r.model.predict_on_batch(fit_input(r.model, digit[None])))[0]
-            extra = None if r.extra is None else np.asarray(
-                r.extra.predict_on_batch(fit_input(r.extra, digit[None])))[0]
+            probs = r.answer(digit[None])[0]
+            extra = None if r.card is None else r.card(digit[None])[0]
         order = np.argsort(-probs)[:TOP]
         entry = {"name": r.name, "type": r.kind,
                  "top": [{"class": int(c), "probability": round(float(probs[c]), 5)}
@@ -114,13 +143,21 @@ def make_app(readers: list[Reader]):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
-    from starlette.responses import HTMLResponse, JSONResponse
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    page = resources.files("mnist_seq").joinpath("web/index.html").read_text(encoding="utf-8")
+    from mnist_seq.web_export import page_text
+
+    page = page_text("index.html")
+    # The page's scripts: the pad (shared with the exported page), and the reader that
+    # sends each drawing to this server.
+    scripts = {"/pad.js": page_text("pad.js"), "/reader.js": page_text("serve.js")}
 
     async def index(request):
         return HTMLResponse(page)
+
+    async def script(request):
+        return Response(scripts[request.url.path], media_type="text/javascript")
 
     async def runs(request):
         return JSONResponse({"runs": [{"name": r.name, "type": r.kind} for r in readers]})
@@ -145,7 +182,8 @@ def make_app(readers: list[Reader]):
                 405: f"{request.method} is not allowed on {request.url.path}"}
         return _error(exc.status_code, what.get(exc.status_code, str(exc.detail)))
 
-    return Starlette(routes=[Route("/", index), Route("/api/runs", runs),
+    return Starlette(routes=[Route("/", index), *(Route(path, script) for path in scripts),
+                             Route("/api/runs", runs),
                              Route("/api/predict", predict, methods=["POST"])],
                      exception_handlers={HTTPException: http_error})
 

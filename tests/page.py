@@ -37,14 +37,22 @@ def start_server(runs: list[Path | str], port: int) -> subprocess.Popen:
     if not line.startswith("Serving"):
         proc.kill()
         raise RuntimeError(line + proc.stdout.read())
-    deadline = time.time() + 30
+    try:
+        wait_for_port(port, time.time() + 30)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def wait_for_port(port: int, deadline: float) -> None:
+    """Return once something listens on the local `port`."""
     while time.time() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
+                return
         time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not listen")
+    raise RuntimeError(f"nothing listened on port {port}")
 
 
 def chromium(width: int = 1280, height: int = 1000):
@@ -68,6 +76,12 @@ CARDS = """return [...document.querySelectorAll('.run')].map(c => ({
   type: c.dataset.type, run: c.dataset.run, top1: c.querySelector('.top1').textContent,
   bars: c.querySelectorAll('.bar').length, canvases: c.querySelectorAll('canvas').length,
   maps: c.querySelectorAll('.maps canvas').length}));"""
+
+
+# The 28x28 digit the page shows it read (its "seen" canvas), as 784 grey levels.
+SEEN = """const c = document.getElementById('seen').getContext('2d');
+const d = c.getImageData(0, 0, 28, 28).data;
+return Array.from(d).filter((v, i) => i % 4 === 0);"""
 
 
 def draw_and_read(browser, url: str, strokes=SEVEN, timeout: float = 30) -> list[dict]:
