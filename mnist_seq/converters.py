@@ -28,6 +28,24 @@ class ExportError(MnistSeqError):
     """An export that failed its check: exit 1, nothing under the final name."""
 
 
+def float32_copy(model, unroll: bool = False):
+    """The model rebuilt in float32 without the cuDNN kernel, with the same weights;
+    `unroll` writes recurrent layers out step by step (plain ops every runtime has)."""
+    import keras
+
+    def clean(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            fixed = {"use_cudnn": False, **({"unroll": True} if unroll else {})}
+            return {k: fixed[k] if k in fixed else clean(v) for k, v in node.items()}
+        return [clean(v) for v in node] if isinstance(node, list) else node
+
+    copy = keras.saving.deserialize_keras_object(clean(keras.saving.serialize_keras_object(model)))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _converted(fmt: str, what: str, convert) -> None:
     """Run a converter; its failure becomes one line."""
     try:
@@ -60,7 +78,10 @@ def write_litert(check: Check, path: Path, target: Target) -> dict[str, Any]:
     """The model as a .tflite of TFLite's builtin ops only (none of TensorFlow's Flex
     ops, which a plain LiteRT runtime lacks)."""
     options = _litert_options(check, target.quantize)
-    _converted("litert", "model", lambda: _keras_export(check.model, path, "litert", **options))
+    # Unrolled: a recurrent layer's loop would need TensorFlow's TensorList (Flex) ops.
+    model = float32_copy(check.model, unroll=True)
+    model.predict(np.zeros((1, *model.inputs[0].shape[1:]), np.float32), verbose=0)
+    _converted("litert", "model", lambda: _keras_export(model, path, "litert", **options))
     entry = check.compare(Exported(path).predict(check.x_test)[0], target.name, target.quantize)
     if check.card is not None:
         entry["card"] = _write_card(check, path.parent, f"{Path(target.name).stem}.card.tflite")

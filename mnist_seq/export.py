@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from mnist_seq import web_export
-from mnist_seq.converters import PARTIAL, WRITERS, ExportError
+from mnist_seq.converters import PARTIAL, WRITERS, ExportError, float32_copy
 from mnist_seq.errors import MnistSeqError
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.rundir import RunDir, atomic_write
@@ -119,24 +119,6 @@ def export(request: ExportRequest, options: RuntimeOptions = DEFAULT_OPTIONS,
     entries = [write_target(t, check, out, log) for t in chosen]
     _record(out, entries, model_path, data, trained.dtype_policy.name)
     return entries
-
-
-def float32_copy(model, unroll: bool = False):
-    """The model rebuilt in float32 without the cuDNN kernel, with the same weights;
-    `unroll` writes recurrent layers out step by step (plain ops every runtime has)."""
-    import keras
-
-    def clean(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "DTypePolicy":
-                return {**node, "config": {**node["config"], "name": "float32"}}
-            fixed = {"use_cudnn": False, **({"unroll": True} if unroll else {})}
-            return {k: fixed[k] if k in fixed else clean(v) for k, v in node.items()}
-        return [clean(v) for v in node] if isinstance(node, list) else node
-
-    copy = keras.saving.deserialize_keras_object(clean(keras.saving.serialize_keras_object(model)))
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def _config(run: RunDir) -> dict[str, Any] | None:

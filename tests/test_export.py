@@ -239,3 +239,19 @@ def test_the_static_page_reads_a_drawn_digit_as_predict_does(runs, tmp_path):
                  "--json")
     assert cards[0]["top1"] == str(json.loads(answer.output)[0]["top"][0]["class"])
     assert cards[0]["canvases"] == 2  # the LSTM's card: the digit row by row, the chart
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_jax_exports_on_tensorflow(tmp_path, data_dir):
+    pytest.importorskip("jax")
+    folder = tmp_path / "jax-lstm"
+    trained = subprocess.run([sys.executable, "-m", "mnist_seq", "train", "--backend", "jax",
+                              "--model", "lstm-single", *SMOKE, "--data-dir", str(data_dir),
+                              "--run-dir", str(folder)], capture_output=True, text=True,
+                             timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    # Not unrolled on JAX: LiteRT gets it unrolled, or it would need Flex ops.
+    result = run("export", str(folder), "--format", "litert", "--format", "onnx",
+                 "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    assert {e["file"] for e in record(folder)["files"]} == {"model.tflite", "model.onnx"}
