@@ -16,6 +16,7 @@ session's cluster is a local one, whose steps do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -115,6 +116,17 @@ class Session:
     facts: dict[str, Any]  # where and how it ran, for metrics.json
     log: Callable[[str], None]
     metrics: dict[str, Any] = field(default_factory=dict)  # metrics.json, once finished
+    # Wall seconds of each step outside the epochs themselves (metrics.json), so the
+    # fixed costs of a run can be seen and cut.
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def timed(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] = round(time.perf_counter() - start, 3)
 
 
 def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT_OPTIONS, *,
@@ -126,10 +138,13 @@ def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT
     rows, restore = run.resume_point() if resume else ([], None)
     for line in distribute.check(options.distribute, backend.choose(options.backend)):
         log(line)
+    marks = [time.perf_counter()]
     data = load_data(config, options)
     for note in data.notes:
         log(f"Note: {note}")
+    marks.append(time.perf_counter())
     where = backend.setup(options, deterministic=config["train"]["deterministic"])
+    marks.append(time.perf_counter())
     cluster = distribute.join(backend.name(), options.distribute)
     cluster.check_batch(config["train"]["batch_size"], "train.batch_size")
     if cluster.several_processes and run.timestamped:
@@ -146,7 +161,12 @@ def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT
                       restore, {"device": where, "resumed": resume,
                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                 "command": options.command}, log)
-    _start(session)
+    with session.timed("start"):
+        _start(session)
+    session.phases |= {"data": round(marks[1] - marks[0], 3),
+                       "keras": round(marks[2] - marks[1], 3),
+                       "compile": round(time.perf_counter() - marks[2]
+                                        - session.phases["start"], 3)}
     return session
 
 
@@ -204,7 +224,7 @@ def fit(s: Session, callbacks=(), verbose: int | None = None) -> Rows:
         every.append(keras.callbacks.TensorBoard(log_dir=str(s.run / RunDir.TENSORBOARD)))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    with first_ctrl_c(guard.stop):
+    with first_ctrl_c(guard.stop), s.timed("fit"):
         s.model.fit(
             **s.cluster.train_inputs(s.plan, s.model, data.x_train, data.y_train,
                                      tcfg["batch_size"], tcfg["seed"], len(s.rows)),
@@ -225,10 +245,14 @@ def finish(s: Session, score_test: bool = True) -> dict[str, Any]:
     from mnist_seq.evaluation import score
     from mnist_seq.plotting import plot_curves
 
-    s.run.save_model(s.model, RunDir.MODEL)
-    test = score(s.model, s.data.x_test, s.data.y_test, cluster=s.cluster) if score_test else {}
+    with s.timed("save"):
+        s.run.save_model(s.model, RunDir.MODEL)
+    with s.timed("score"):
+        test = score(s.model, s.data.x_test, s.data.y_test, cluster=s.cluster) \
+            if score_test else {}
+    with s.timed("curves"):
+        s.run.save_figure(plot_curves({s.run.name: s.rows}), RunDir.CURVES)
     s.metrics = _metrics(s, test)
-    s.run.save_figure(plot_curves({s.run.name: s.rows}), RunDir.CURVES)
     s.run.write_json(RunDir.METRICS, s.metrics)
     s.run.remove_backup()
     if test:
@@ -266,6 +290,8 @@ def _metrics(s: Session, test: dict[str, float]) -> dict[str, Any]:
         "data_source": s.data.source,
         "distributed": s.cluster.facts(),
         "cpu": cpu().as_dict(),
+        # fit: model.fit's wall time, whose epochs are `train_seconds` (this process only)
+        "phase_seconds": dict(s.phases),
         **s.facts,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **backend.versions(),

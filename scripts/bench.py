@@ -96,17 +96,18 @@ xt, yt, xv, yv = x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:]
 kind, m = cfg["kind"], cfg["model"]
 
 class LSTMNet(nn.Module):
+    # As PyTorch users write it: one nn.LSTM of len(units) layers (its dropout sits
+    # between them), then the dropout Keras has after the last one.
     def __init__(self):
         super().__init__()
-        sizes = [28] + m["units"]
-        self.lstms = nn.ModuleList(nn.LSTM(a, b, batch_first=True)
-                                   for a, b in zip(sizes, sizes[1:]))
+        units = m["units"]
+        assert len(set(units)) == 1, "nn.LSTM's layers share one size"
+        self.lstm = nn.LSTM(28, units[0], num_layers=len(units), batch_first=True,
+                            dropout=m["dropout"] if len(units) > 1 else 0.0)
         self.drop = nn.Dropout(m["dropout"])
-        self.head = nn.Linear(sizes[-1], 10)
+        self.head = nn.Linear(units[0], 10)
     def forward(self, x):
-        for lstm in self.lstms:
-            x = self.drop(lstm(x)[0])
-        return self.head(x[:, -1])
+        return self.head(self.drop(self.lstm(x)[0])[:, -1])
 
 if kind == "lstm":
     net = LSTMNet()

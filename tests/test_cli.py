@@ -84,6 +84,11 @@ def test_train_writes_a_complete_run_folder(data_dir, tmp_path):
         assert key in metrics, key
     assert metrics["train_samples"] == 270 and metrics["val_samples"] == 30
     assert metrics["test_samples"] == 500 and metrics["seed"] == 7
+    # Every step outside the epochs is timed, and model.fit's time holds its epochs.
+    phases = metrics["phase_seconds"]
+    assert set(phases) == {"data", "keras", "compile", "start", "fit", "save", "score",
+                           "curves"} and min(phases.values()) >= 0
+    assert phases["fit"] >= metrics["train_seconds"] - 0.01
 
     import keras
 
