@@ -28,6 +28,20 @@ def set_op_threads(intra: int, inter: int) -> bool:
     return True
 
 
+# Grappler passes whose work grows with the unrolled LSTM's graph (28 steps x layers,
+# forward and backward) and which bought it no steady speed: off, its first epoch
+# compiled about 4 s sooner here (docs/performance.md).
+HEAVY_REWRITES = ("constant_folding", "arithmetic_optimization", "layout_optimizer",
+                  "remapping")
+
+
+def lighten_rewrites() -> None:
+    """Turn TensorFlow's heavy graph rewrites off for this process (`HEAVY_REWRITES`)."""
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({name: False for name in HEAVY_REWRITES})
+
+
 def keras_internals_present(optimizer) -> bool:
     """Whether the optimizer (built) exposes the slot variables the fused updates use."""
     import keras

@@ -7,7 +7,8 @@ per execution), prec (Keras dtype policy), xla (0/1; JAX without it runs eagerly
 so it defaults to 1 there), unroll (0/1, LSTMs), batch, threads (intra:inter op
 threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
 update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
-(validation batch size, default the training batch). Each process trains the
+(validation batch size, default the training batch), rewrites (light: TensorFlow's
+heavy graph rewrites off, tf_speed.HEAVY_REWRITES). Each process trains the
 bundled config's model on a real MNIST slice (10% of it held out for validation)
 and prints steady samples/s (training samples over the median epoch after the
 first) and the first epoch's seconds (which include compiling). Needs
@@ -34,6 +35,9 @@ if "onednn" in v:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
 from mnist_seq.tf_speed import epochs_in_one_call, fuse_optimizer_updates, set_op_threads
+if v.get("rewrites") == "light":
+    from mnist_seq.tf_speed import lighten_rewrites
+    lighten_rewrites()
 if "threads" in v:
     assert set_op_threads(*(int(t) for t in v["threads"].split(":")))
 from mnist_seq.config import load_config

@@ -177,3 +177,32 @@ print(tf_speed.set_op_threads(1, 2), tf_speed.set_op_threads(2, 2))
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "True", "False"]
+
+
+def test_light_rewrites_turn_the_heavy_passes_off_and_keep_the_arithmetic():
+    # A fresh process: the rewrite options hold for the whole process.
+    code = """
+import numpy as np, tensorflow as tf
+from mnist_seq import backend, tf_speed
+from mnist_seq.options import RuntimeOptions
+backend.setup(RuntimeOptions(device="cpu"))
+x = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+import keras
+from mnist_seq.models import build_model
+from mnist_seq.config import validate
+keras.utils.set_random_seed(0)
+model = build_model(validate({"model": {"type": "lstm"}})["model"], unroll=True)
+before = np.asarray(tf.function(model)(x))
+tf_speed.lighten_rewrites()
+options = tf.config.optimizer.get_experimental_options()
+print(sorted(k for k, v in options.items() if v is False and not k.startswith("disable_")))
+print(float(np.abs(np.asarray(tf.function(model)(x)) - before).max()))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names, diff = result.stdout.splitlines()[-2:]
+    from mnist_seq.tf_speed import HEAVY_REWRITES
+
+    assert names == str(sorted(HEAVY_REWRITES))
+    assert float(diff) < 1e-5
