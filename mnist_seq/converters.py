@@ -29,21 +29,50 @@ class ExportError(MnistSeqError):
 
 
 def float32_copy(model, unroll: bool = False):
-    """The model rebuilt in float32 without the cuDNN kernel, with the same weights;
-    `unroll` writes recurrent layers out step by step (plain ops every runtime has)."""
+    """The model rebuilt in float32 without the cuDNN kernel and without its training-only
+    augmentation layers (identity at inference, but random ops in the graph), with the
+    same weights; `unroll` writes recurrent layers out step by step (plain ops every
+    runtime has)."""
     import keras
+
+    fixed = {"use_cudnn": False, **({"unroll": True} if unroll else {})}
 
     def clean(node):
         if isinstance(node, dict):
             if node.get("class_name") == "DTypePolicy":
                 return {**node, "config": {**node["config"], "name": "float32"}}
-            fixed = {"use_cudnn": False, **({"unroll": True} if unroll else {})}
             return {k: fixed[k] if k in fixed else clean(v) for k, v in node.items()}
-        return [clean(v) for v in node] if isinstance(node, list) else node
+        return [clean(v) for v in node] if isinstance(node, list | tuple) else node
 
-    copy = keras.saving.deserialize_keras_object(clean(keras.saving.serialize_keras_object(model)))
-    copy.set_weights(model.get_weights())
+    config = _without_augmentation(keras.saving.serialize_keras_object(model))
+    copy = keras.saving.deserialize_keras_object(clean(config))
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return copy
+
+
+def _without_augmentation(config: dict[str, Any]) -> dict[str, Any]:
+    """A functional model's config with its Random* layers taken out, each one's input
+    wired to whatever read its output."""
+    layers = config.get("config", {}).get("layers", [])
+    fed_by = {layer["name"]: layer["inbound_nodes"][0]["args"][0]["config"]["keras_history"]
+              for layer in layers if layer["class_name"].startswith("Random")}
+    if not fed_by:
+        return config
+
+    def source(history):
+        while history[0] in fed_by:
+            history = fed_by[history[0]]
+        return history
+
+    def rewire(node):
+        if isinstance(node, dict):
+            return {k: source(v) if k == "keras_history" else rewire(v) for k, v in node.items()}
+        return [rewire(v) for v in node] if isinstance(node, list | tuple) else node
+
+    kept = [rewire(layer) for layer in layers if layer["name"] not in fed_by]
+    return {**config, "config": {**rewire(config["config"]), "layers": kept}}
 
 
 def _converted(fmt: str, what: str, convert) -> None:

@@ -255,3 +255,18 @@ def test_a_model_trained_on_jax_exports_on_tensorflow(tmp_path, data_dir):
                  "--data-dir", str(data_dir))
     assert result.exit_code == 0, result.output
     assert {e["file"] for e in record(folder)["files"]} == {"model.tflite", "model.onnx"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", [["--model", "cnn-best"],
+                                     ["--model", "cnn", "--set", "train.precision=mixed_float16"]])
+def test_augmentation_and_mixed_precision_export_as_float32(setting, tmp_path, data_dir):
+    folder = tmp_path / "run"
+    result = run("train", *setting, *SMOKE, "--data-dir", str(data_dir), "--run-dir",
+                 str(folder))
+    assert result.exit_code == 0, result.output
+    result = run("export", str(folder), "--format", "onnx", "--format", "litert",
+                 "--data-dir", str(data_dir))
+    assert result.exit_code == 0, result.output
+    for entry in record(folder)["files"]:  # cnn-best's random layers are left out
+        assert entry["agreement"] >= 0.999 and entry["max_prob_diff"] <= 1e-4, entry
