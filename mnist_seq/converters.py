@@ -82,11 +82,13 @@ def _converted(fmt: str, what: str, convert) -> None:
     except MnistSeqError:
         raise
     except Exception as e:
-        text = first_line(e, 200)
-        if fmt == "litert" and ("Flex" in text or "ops_select" in text or "Select TF" in text
-                                or "not supported" in text):
+        text, full = first_line(e, 200), str(e)
+        # The converter names the ops it lacks deep in a long message.
+        if fmt == "litert" and any(word in full for word in ("Flex", "ops_select", "TF Select",
+                                                              "not supported", "TensorList")):
             raise ExportError(f"litert: the {what} needs TensorFlow ops that a plain LiteRT "
-                              f"runtime lacks ({text})") from None
+                              "runtime lacks (TensorFlow's Flex ops); only TFLite's builtin "
+                              "ops are allowed") from None
         raise ExportError(f"{fmt}: could not convert the {what} ({text})") from None
 
 

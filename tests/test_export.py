@@ -242,7 +242,7 @@ def test_the_static_page_reads_a_drawn_digit_as_predict_does(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_model_trained_on_jax_exports_on_tensorflow(tmp_path, data_dir):
+def test_a_model_trained_on_jax_exports_on_tensorflow(tmp_path, data_dir, monkeypatch):
     pytest.importorskip("jax")
     folder = tmp_path / "jax-lstm"
     trained = subprocess.run([sys.executable, "-m", "mnist_seq", "train", "--backend", "jax",
@@ -255,6 +255,18 @@ def test_a_model_trained_on_jax_exports_on_tensorflow(tmp_path, data_dir):
                  "--data-dir", str(data_dir))
     assert result.exit_code == 0, result.output
     assert {e["file"] for e in record(folder)["files"]} == {"model.tflite", "model.onnx"}
+    # Left as a loop, the LSTM would need TensorFlow's Flex ops: an error, not a warning.
+    import mnist_seq.converters as converters
+
+    real = converters.float32_copy
+    monkeypatch.setattr(converters, "float32_copy", lambda model, unroll=False: real(model))
+    result = run("export", str(folder), "--format", "litert", "--force",
+                 "--data-dir", str(data_dir))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and lines[-1].startswith("Error: litert:"), result.output
+    assert "TensorFlow ops that a plain LiteRT runtime lacks" in lines[-1], lines[-1]
+    assert (folder / "export" / "model.tflite").is_file()  # the earlier file stays
+    assert not list((folder / "export").glob(".partial-*"))
 
 
 @pytest.mark.slow
