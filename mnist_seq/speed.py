@@ -47,7 +47,6 @@ class SpeedPlan:
     one_call_epochs: bool  # each epoch in one TensorFlow call
     validation_batch: int | None  # None: the training batch
     pixels_in_graph: bool  # training images go to TensorFlow as uint8, scaled per batch
-    light_rewrites: bool  # TensorFlow's heavy graph rewrites off (tf_speed.HEAVY_REWRITES)
     line: str  # the plan in words, for the Speed: line
 
 
@@ -125,9 +124,6 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # in fit (an unfed placeholder in its while loop, Keras 3.15.1); one step per call works.
     mirrored = distributed and backend == "tensorflow"
     spe = 1 if one_call or mirrored else tcfg["steps_per_execution"]
-    # Heavy graph rewrites took ~4 of the unrolled LSTM's first-epoch 21 s for no steady
-    # gain; LeNet's small graph gained nothing from dropping them (docs/performance.md).
-    light = unroll and tf_cpu
 
     notes = [BACKEND_NAMES.get(backend, backend), f"precision {precision}",
              "each epoch in one call, batches sliced in the graph" if one_call else
@@ -142,8 +138,6 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                                      else ""))
     if kind.recurrent:
         notes.append(_lstm_kernel(machine, mcfg, unroll))
-    if light:
-        notes.append("light graph rewrites")
     if fused:
         notes.append(f"fused {OPTIMIZERS[tcfg['optimizer']]} updates")
     if machine.cpu and not machine.gpu:
@@ -152,7 +146,7 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      steps_per_execution=spe, op_threads=op_threads, fused_updates=fused,
                      one_call_epochs=one_call,
                      validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
-                     pixels_in_graph=backend == "tensorflow", light_rewrites=light,
+                     pixels_in_graph=backend == "tensorflow",
                      line=", ".join(notes))
 
 
@@ -178,10 +172,6 @@ def apply_before_build(plan: SpeedPlan) -> list[str]:
 
     keras.mixed_precision.set_global_policy(plan.precision)
     notes = []
-    if plan.light_rewrites:
-        from mnist_seq import tf_speed
-
-        tf_speed.lighten_rewrites()
     if plan.op_threads:
         from mnist_seq import tf_speed
 

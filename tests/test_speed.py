@@ -53,13 +53,6 @@ def test_the_plan_says_which_lstm_kernel_runs(machine, units, recurrent_dropout,
     assert kernel in p.line and p.precision == "float32"
 
 
-@pytest.mark.parametrize(("model_type", "machine", "light"), [
-    ("lstm", CPU, True), ("lstm", GPU, False), ("cnn", CPU, False), ("mlp", CPU, False)])
-def test_light_graph_rewrites_only_for_the_unrolled_lstm(model_type, machine, light):
-    p = plan(model_type, machine)
-    assert p.light_rewrites is light and ("light graph rewrites" in p.line) is light
-
-
 @pytest.mark.parametrize(("model_type", "machine", "fused", "one_call"), [
     ("mlp", CPU, True, True), ("mlp", GPU, False, False), ("cnn", CPU, True, False),
     ("cnn", GPU, False, False), ("lstm", CPU, False, False),
@@ -82,8 +75,7 @@ def test_the_line_describes_the_whole_plan():
     assert p.op_threads == (2, 2)
     assert p.line == ("TensorFlow, precision float32, 64 steps per execution, XLA off, 2 ops "
                       "at a time, 2 threads each, oneDNN off (TF_ENABLE_ONEDNN_OPTS=0), "
-                      "LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs a GPU), "
-                      "light graph rewrites")
+                      "LSTM kernel: generic, unrolled over the 28 rows (CPU; cuDNN needs a GPU)")
     sgd = plan_speed(validate({"model": {"type": "cnn"}, "train": {"optimizer": "sgd"}}), CPU)
     assert not sgd.fused_updates and "fused" not in sgd.line
     assert plan("lstm", backend="jax").line == (
@@ -97,7 +89,7 @@ def test_the_line_describes_the_whole_plan():
 def test_no_tensorflow_trick_off_tensorflow_or_under_a_distribution(model_type, backend,
                                                                     distributed):
     p = plan(model_type, CPU, backend, distributed)
-    assert not (p.fused_updates or p.one_call_epochs or p.op_threads or p.light_rewrites)
+    assert not (p.fused_updates or p.one_call_epochs or p.op_threads)
     # MirroredStrategy fails with Keras's loop over several steps per call.
     mirrored = backend == "tensorflow" and distributed
     assert p.steps_per_execution == (1 if mirrored else 64) and p.validation_batch is None
