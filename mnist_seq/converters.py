@@ -128,9 +128,9 @@ def _litert_options(check: Check, quantize: str | None) -> dict[str, Any]:
         options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                    "target_spec": {**options["target_spec"], "supported_types": [tf.float16]}}
     elif quantize == "int8":
-        from mnist_seq.runtime import fit_shape
+        from mnist_seq.evaluation import fit_input
 
-        samples = fit_shape(check.calibration, tuple(check.model.inputs[0].shape[1:]))
+        samples = fit_input(check.model, check.calibration)
         options |= {"optimizations": [tf.lite.Optimize.DEFAULT],
                     "representative_dataset": lambda: ([x[None]] for x in samples)}
     return options
@@ -140,12 +140,13 @@ def write_saved_model(check: Check, path: Path, target: Target) -> dict[str, Any
     """A TensorFlow SavedModel with a `serve` endpoint, checked through TensorFlow."""
     import tensorflow as tf
 
-    from mnist_seq.runtime import fit_shape, probabilities
+    from mnist_seq.evaluation import fit_input
+    from mnist_seq.runtime import probabilities
 
     _converted("saved_model", "model", lambda: _keras_export(check.model, path, "tf_saved_model"))
     loaded = tf.saved_model.load(str(path))  # kept: its functions need its variables
     serve = loaded.serve
-    x = fit_shape(check.x_test, tuple(check.model.inputs[0].shape[1:]))
+    x = fit_input(check.model, check.x_test)
     probs, _ = probabilities(np.concatenate([np.asarray(serve(x[i: i + 1000]))
                                              for i in range(0, len(x), 1000)]))
     return check.compare(probs, target.name, None)
@@ -169,7 +170,9 @@ def _write_card(check: Check, folder: Path, name: str) -> str:
     digits; returns its final name."""
     partial = folder / f"{PARTIAL}{name}"
     fmt = "onnx" if name.endswith(".onnx") else "litert"
-    x = _card_input(check.card, check.x_test[:200])
+    from mnist_seq.evaluation import fit_input
+
+    x = fit_input(check.card, check.x_test[:200])
     expected = np.asarray(check.card.predict(x, verbose=0))  # called once: export needs it
     options = _litert_options(check, None) if fmt == "litert" else {}
     _converted(fmt, "card model", lambda: _keras_export(check.card, partial, fmt, **options))
@@ -178,12 +181,6 @@ def _write_card(check: Check, folder: Path, name: str) -> str:
         raise ExportError(f"{name}: the card model differs from Keras's (up to "
                           f"{np.abs(got - expected).max():.2g})")
     return name
-
-
-def _card_input(model, images: np.ndarray) -> np.ndarray:
-    from mnist_seq.runtime import fit_shape
-
-    return fit_shape(images, tuple(model.inputs[0].shape[1:]))
 
 
 def _keras_export(model, path: Path, fmt: str, **options) -> None:
