@@ -67,20 +67,26 @@ def setup(options: RuntimeOptions = DEFAULT_OPTIONS, deterministic: bool = False
     return _setup_tensorflow(device, debug, deterministic, options.threads, options.distribute)
 
 
-def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
-                      threads: int | None, distribute: DistributeOptions | None) -> str:
+def load_tensorflow(debug: bool = False):
+    """Import TensorFlow (and Keras on it) as every command does: quietly, with oneDNN
+    asked for, without the packages it has no use for at start. Returns `tensorflow`."""
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # TensorFlow turns its oneDNN CPU kernels on by itself only on CPUs with AVX-512
     # VNNI/BF16 or AMX; on AVX2 CPUs (Zen 3, most laptops) they stay off, although they
-    # made LeNet up to 1.9x faster on one (as reported to this project; not measured by
-    # us). On this project's AVX-512 CPU, turning them off made the unrolled 3-layer
-    # LSTM 1.7x slower (docs/performance.md). A user's own setting wins; TensorFlow
-    # reads it once, when it loads.
+    # made LeNet 1.9x faster on a 2-core AMD EPYC Zen 3. On an AVX-512 CPU, turning them
+    # off made the unrolled 3-layer LSTM 1.7x slower (docs/performance.md). A user's own
+    # setting wins; TensorFlow reads it once, when it loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    with quiet_stderr(enabled=not debug):
+    with quiet_stderr(enabled=not debug), _unimportable(*NOT_AT_START["tensorflow"]):
         import keras  # noqa: F401
         import tensorflow as tf
+    return tf
+
+
+def _setup_tensorflow(device: str, debug: bool, deterministic: bool,
+                      threads: int | None, distribute: DistributeOptions | None) -> str:
+    tf = load_tensorflow(debug)
     if not debug:
         tf.get_logger().setLevel("ERROR")
     if deterministic:
@@ -119,7 +125,7 @@ def _setup_jax(device: str, debug: bool, deterministic: bool,
         if "xla_gpu_deterministic_ops" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
     try:
-        with quiet_stderr(enabled=not debug):
+        with quiet_stderr(enabled=not debug), _unimportable(*NOT_AT_START["jax"]):
             import jax
 
             if distribute:  # before JAX's first use: it fixes the devices and processes
@@ -153,6 +159,31 @@ def _keras_without_tensorflow() -> None:
     lazy = getattr(module_utils, "tensorflow", None)
     if lazy is not None and getattr(lazy, "_available", None) is None:
         lazy._available = False
+
+
+# Packages that Keras and TensorFlow import while they load, whenever they are installed,
+# though a run has no use for them then: TensorFlow's LiteRT converter imports JAX (for
+# converting JAX functions), Keras's image-gallery helper imports pyplot, TensorFlow's
+# legacy Keras imports SciPy to check for sparse arrays. Measured on a 2-core AMD EPYC
+# (AVX2): about 1.2 s for JAX, 1.5 s for matplotlib and 0.2 s for SciPy of the 8 s that
+# `import keras` took on TensorFlow (`python -X importtime -c "import keras"`). Each can
+# still be imported afterwards (the curves import matplotlib while the first epoch runs).
+NOT_AT_START = {"tensorflow": ("jax", "matplotlib", "scipy"), "jax": ("matplotlib",)}
+
+
+@contextlib.contextmanager
+def _unimportable(*packages: str):
+    """`import PACKAGE` raises ImportError inside this block (Python's own rule for a None
+    entry in sys.modules), so optional imports are skipped; afterwards it works again."""
+    blocked = [p for p in packages if p not in sys.modules]
+    for package in blocked:
+        sys.modules[package] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for package in blocked:
+            if package in sys.modules and sys.modules[package] is None:
+                del sys.modules[package]
 
 
 @contextlib.contextmanager

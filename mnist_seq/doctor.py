@@ -12,7 +12,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from mnist_seq.backend import quiet_stderr
+from mnist_seq.backend import load_tensorflow
 from mnist_seq.errors import MnistSeqError, first_line
 
 # The extras and the packages that make each one installed.
@@ -58,9 +58,9 @@ def gpus(backend: str, jax_probe: subprocess.Popen | None = None) -> str:
                 return f"cannot say ({(err.strip().splitlines() or ['no message'])[-1][:200]})"
             names = json.loads(out.strip().splitlines()[-1])
         else:
-            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            with quiet_stderr():
-                import tensorflow as tf
+            # As a training run loads it, so the plans below are the ones it gets.
+            os.environ["KERAS_BACKEND"] = "tensorflow"
+            tf = load_tensorflow()
 
             names = [d.name for d in tf.config.list_physical_devices("GPU")]
             if not names and not tf.test.is_built_with_cuda():

@@ -6,6 +6,7 @@ it (`RunDir.save_figure`, or `rundir.save_figure` for a file outside a run).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,13 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def preload() -> None:
+    """Import pyplot on a thread of its own: started as training begins, the import (over
+    a second) overlaps the first epoch, which runs outside Python's lock, instead of
+    delaying the curves drawn after the last one."""
+    threading.Thread(target=pyplot, name="import-pyplot", daemon=True).start()
 
 
 def plot_curves(

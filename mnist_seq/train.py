@@ -224,6 +224,10 @@ def fit(s: Session, callbacks=(), verbose: int | None = None) -> Rows:
         every.append(keras.callbacks.TensorBoard(log_dir=str(s.run / RunDir.TENSORBOARD)))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    if s.run.writer:
+        from mnist_seq.plotting import preload
+
+        preload()  # for the curves drawn at the end
     with first_ctrl_c(guard.stop), s.timed("fit"):
         s.model.fit(
             **s.cluster.train_inputs(s.plan, s.model, data.x_train, data.y_train,

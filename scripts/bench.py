@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -206,6 +207,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_SEQ_DATA"))
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--contenders", help="only these, comma-separated (e.g. "
+                        "mnist-seq,torch); default: every one installed")
     args = parser.parse_args()
     if not args.data_dir:
         raise SystemExit("point the benchmark at MNIST: --data-dir DIR or MNIST_SEQ_DATA=DIR")
@@ -217,7 +220,8 @@ def main() -> None:
 
     contenders = [who for who, module in (("mnist-seq", "tensorflow"), ("mnist-seq-jax", "jax"),
                                           ("keras", "tensorflow"), ("torch", "torch"))
-                  if importlib.util.find_spec(module)]
+                  if importlib.util.find_spec(module)
+                  and (not args.contenders or who in args.contenders.split(","))]
     ratios = [(a, b) for a, b in RATIOS if a in contenders and b in contenders]
     print(f"contenders: {', '.join(contenders)} (pip install '.[jax,bench]' for all four)")
 
@@ -320,10 +324,12 @@ def print_table(results: dict, contenders: list[str], ratios: list[tuple[str, st
     print("|" + "---|" * (head.count("|") - 1))
     for name, by in results["configs"].items():
         for key, label in (("steady", "steady samples/s"), ("end_to_end", "end-to-end samples/s"),
-                           ("rss_mib", "peak memory (MiB)")):
-            cells = [f"{by[who][key]:.0f}" for who in contenders]
+                           ("wall", "wall seconds"), ("rss_mib", "peak memory (MiB)")):
+            if key == "steady" and all(math.isnan(by[who][key]) for who in contenders):
+                continue  # one epoch: no epoch after the first to be steady
+            cells = [f"{by[who][key]:.{1 if key == 'wall' else 0}f}" for who in contenders]
             cells += [f"{results['ratios'][name][f'{key}: {a} / {b}']:.2f}x"
-                      if key != "rss_mib" else "" for a, b in ratios]
+                      if key in ("steady", "end_to_end") else "" for a, b in ratios]
             print(f"| {name} | {label} | " + " | ".join(cells) + " |")
     e = results["extras"]
     print(f"\nmnist-seq --help: {e['help_seconds']:.2f} s; loading MNIST (IDX .gz): "

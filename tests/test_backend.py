@@ -51,3 +51,26 @@ def test_a_fresh_lstm_run_sizes_op_threads_and_reports_onednn_turned_off(data_di
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["onednn"] is False and metrics["backend"] == "tensorflow"
     assert (metrics["intra_op_threads"], metrics["inter_op_threads"]) == (intra, 2)
+
+
+STARTS = r"""
+import json, sys
+from mnist_seq import backend
+from mnist_seq.options import RuntimeOptions
+backend.setup(RuntimeOptions(device="cpu", backend=sys.argv[1]))
+loaded = sorted(p for p in ("jax", "matplotlib", "scipy", "tensorflow") if p in sys.modules)
+import matplotlib.pyplot  # still importable once Keras is up
+print(json.dumps(loaded))
+"""
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "jax"])
+def test_keras_starts_without_the_packages_it_would_load_for_nothing(name):
+    pytest.importorskip(name)
+    out = subprocess.run([sys.executable, "-c", STARTS, name], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = json.loads(out.strip().splitlines()[-1])
+    if name == "tensorflow":
+        assert loaded == ["tensorflow"]
+    else:
+        assert "jax" in loaded and "matplotlib" not in loaded and "tensorflow" not in loaded

@@ -107,6 +107,8 @@ def test_pixel_batches_scale_and_reshuffle_every_epoch():
         np.testing.assert_array_equal(x, to_float(pixels[y]))
         orders.append(list(y))
     assert orders[0] != orders[1] and orders[0] != list(range(50))
+    # No autotuner thread, whose sleep the iterator's teardown would wait out.
+    assert batches.options().autotune.enabled is False
 
 
 def test_optimizers_without_a_fused_op_are_left_alone():
