@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_seq import backend
+from mnist_seq import backend, origin
 from mnist_seq.data import NUM_CLASSES, load_mnist
 from mnist_seq.distribute import Cluster
 from mnist_seq.errors import MnistSeqError, first_line
@@ -146,7 +146,7 @@ def evaluate(
     backend.setup(options)
     model = load_model(model_path)
     fit_input(model, np.zeros((1, 28, 28), np.uint8))  # a wrong input shape fails before I/O
-    data = load_mnist(options.data_dir, run.recorded_data_dir())
+    data = load_mnist(origin.data_dir(run, options.data_dir), run.recorded_data_dir())
     x_test, y_test = data.x_test[:max_samples], data.y_test[:max_samples]
     probs, logits = predict_proba(model, x_test)
     result = {"model": str(model_path), "data_source": data.source,

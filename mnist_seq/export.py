@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_seq import web_export
+from mnist_seq import origin, web_export
 from mnist_seq.converters import PARTIAL, WRITERS, ExportError, float32_copy
 from mnist_seq.errors import MnistSeqError
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
@@ -113,7 +113,7 @@ def export(request: ExportRequest, options: RuntimeOptions = DEFAULT_OPTIONS,
     trained = load_model(model_path)
     model = float32_copy(trained)
     config = _config(run)
-    data = load_mnist(options.data_dir, run.recorded_data_dir())
+    data = load_mnist(origin.data_dir(run, options.data_dir), run.recorded_data_dir())
     check = Check.of(run.name if config else model_path.stem, model, data, config)
     out.mkdir(parents=True, exist_ok=True)
     entries = [write_target(t, check, out, log) for t in chosen]

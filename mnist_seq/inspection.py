@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_seq import backend, explain
+from mnist_seq import backend, explain, origin
 from mnist_seq.data import load_mnist
 from mnist_seq.errors import MnistSeqError
 from mnist_seq.evaluation import load_model
@@ -24,7 +24,7 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
     configs = [r.read_config() for r in runs]  # every one checked before the data loads
     run, config = runs[0], configs[0]
     backend.choose(options.backend)
-    data = load_mnist(options.data_dir, config["data"]["dir"])
+    data = load_mnist(origin.data_dir(run, options.data_dir), config["data"]["dir"])
     if image is not None:
         from mnist_seq.predict import load_inputs
 

@@ -98,6 +98,10 @@ def train(request: TrainRequest, options: RuntimeOptions, argv: list[str],
     """Run the train command: in a child process (`argv`, the command's arguments) where
     `needs_child`, else here. Returns the run folder this process wrote, or None (a
     process of a distributed run other than process 0, or the child's parent)."""
+    if request.resume:  # on the backend and data it started on, unless told otherwise
+        from mnist_seq.origin import resume_options
+
+        options = resume_options(RunDir(request.resume), options, log)
     if needs_child(options):
         from mnist_seq.processes import run_child
 

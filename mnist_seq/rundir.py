@@ -99,7 +99,7 @@ class RunDir:
     EVALUATION, CONFUSION, WORST_ERRORS = "evaluation.json", "confusion.png", "worst-errors.png"
     REPORT, EPOCH_SECONDS = "report.html", "epoch-seconds.png"
     INSPECT, BACKUP, TENSORBOARD = "inspect", "backup", "tensorboard"
-    TRIAL = "trial.json"  # a sweep's trial: its state and settings
+    TRIAL, STARTED = "trial.json", "started.json"  # a sweep trial's settings; origin.py
 
     def __init__(self, path: str | Path, *, writer: bool = True, timestamped: bool = False,
                  save_scope: Callable[[], contextlib.AbstractContextManager] =

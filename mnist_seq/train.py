@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mnist_seq import backend, distribute, speed
+from mnist_seq import backend, distribute, origin, speed
 from mnist_seq.config import OPTIMIZERS
 from mnist_seq.data import load_mnist, split_train_val, to_float
 from mnist_seq.errors import ConfigError, MnistSeqError
@@ -197,6 +197,7 @@ def _start(s: Session) -> None:
     else:
         s.run.create()
         s.run.write_config(s.config)
+        origin.record(s.run, backend.name(), s.data.source, s.cluster.facts())
         # The untrained weights, so `inspect` can show what training changed.
         s.run.save_model(s.model, RunDir.INITIAL_WEIGHTS)
     s.log(f"Training {s.run.name} ({s.model.count_params():,} parameters) on "

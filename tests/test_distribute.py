@@ -133,8 +133,8 @@ def test_a_killed_process_stops_the_other_and_both_resume(data_dir, tmp_path):
     p1.communicate()
     assert not (run_dir / "metrics.json").exists()
 
-    procs = start_pair(free_port(), "--resume", str(run_dir), "--backend", "jax",
-                       "--data-dir", str(data_dir), "--device", "cpu")
+    # Word for word what process 0 said: --resume and the three cluster flags, no more.
+    procs = start_pair(free_port(), "--resume", str(run_dir))
     results = [finish(p) for p in procs]
     assert all(code == 0 for code, _, _ in results), results
     assert f"Resuming {run_dir} after epoch" in results[0][1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_cli import SMOKE, run
-from test_robustness import assert_complete_run, wait_for_epochs
+from test_robustness import assert_complete_run, follow, wait_for_epochs
 
 pytest.importorskip("jax", reason="pip install 'mnist-seq[jax]'")
 
@@ -118,9 +118,12 @@ def test_killed_then_resumed_on_jax(data_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "metrics.json").exists()
-    out = jax_cli("train", "--resume", str(run_dir), "--data-dir", str(data_dir))
-    assert "Resuming" in out.stdout
+    # Neither --backend nor --data-dir: the run goes on with what it started on.
+    out = subprocess.run([sys.executable, "-m", "mnist_seq", "train", "--resume", str(run_dir)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "Resuming" in out.stdout, out.stdout + out.stderr
     assert_complete_run(run_dir, 3)
+    assert json.loads((run_dir / "metrics.json").read_text())["backend"] == "jax"
 
     # Ctrl-C: stops after the batch, says how to resume, exit 130.
     stopped = tmp_path / "stopped"
@@ -132,6 +135,9 @@ def test_killed_then_resumed_on_jax(data_dir, tmp_path):
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, text
     assert f"Resume with: mnist-seq train --resume {stopped}" in text and "Traceback" not in text
+    out = follow(text, "Resume with: ")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads((stopped / "metrics.json").read_text())["backend"] == "jax"
 
 
 @pytest.mark.slow

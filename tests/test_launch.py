@@ -12,9 +12,10 @@ import sys
 
 import pytest
 
-from mnist_seq import launch, processes
-from mnist_seq.errors import ConfigError, RunDirError
+from mnist_seq import launch, origin, processes
+from mnist_seq.errors import ConfigError, DataError, RunDirError
 from mnist_seq.options import DistributeOptions, RuntimeOptions
+from mnist_seq.rundir import RunDir
 
 
 def test_shortcuts_become_overrides_after_the_sets():
@@ -25,6 +26,31 @@ def test_shortcuts_become_overrides_after_the_sets():
                                          ("data.max_test_samples", 9)]
     with pytest.raises(ValueError, match="unknown shortcuts"):
         launch.overrides(launch.TrainRequest(shortcuts={"epoch": "1"}))
+
+
+def test_a_resumed_run_keeps_its_backend_and_data_unless_told(tmp_path):
+    data, run = tmp_path / "mnist", RunDir(tmp_path / "run")
+    data.mkdir()
+    run.path.mkdir()
+    origin.record(run, "jax", str(data), None)
+    said = []
+    kept = origin.resume_options(run, RuntimeOptions(), said.append)
+    assert (kept.backend, kept.data_dir, said) == ("jax", str(data.resolve()), [])
+    other = origin.resume_options(run, RuntimeOptions(backend="tensorflow",
+                                                      data_dir="elsewhere"), said.append)
+    assert (other.backend, other.data_dir) == ("tensorflow", "elsewhere")
+    assert said == [f"Note: {run.path} started on jax; continuing on tensorflow, as "
+                    "--backend says"]
+    # Several processes must all restore what they saved: no other backend.
+    origin.record(run, "jax", str(data), {"engine": "keras.distribution", "processes": 2})
+    with pytest.raises(ConfigError, match="over several processes .* drop --backend tensorflow"):
+        origin.resume_options(run, RuntimeOptions(backend="tensorflow"))
+    data.rmdir()  # the folder moved: said, with the way out
+    with pytest.raises(DataError, match=r"read MNIST from .*mnist, which is not there now: "
+                                        r"point to the files with --data-dir DIR"):
+        origin.resume_options(run, RuntimeOptions())
+    assert origin.resume_options(run, RuntimeOptions(data_dir=str(tmp_path))).data_dir == str(
+        tmp_path)
 
 
 def test_a_new_run_is_named_after_its_config(tmp_path):

@@ -7,6 +7,7 @@ import csv
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -62,6 +63,16 @@ class Output:
         return "".join(self.lines)
 
 
+def follow(text: str, lead: str) -> subprocess.CompletedProcess:
+    """Run, word for word, the command a message gives after `lead` (`mnist-seq` as this
+    Python's module), with no MNIST_SEQ_DATA (conftest) and no flag added."""
+    line = next(line for line in text.splitlines() if lead in line)
+    words = shlex.split(line.split(lead, 1)[1])
+    assert words[0] == "mnist-seq", line
+    return subprocess.run([sys.executable, "-m", "mnist_seq", *words[1:]],
+                          capture_output=True, text=True)
+
+
 def wait_for_epochs(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 120):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -102,10 +113,12 @@ def test_sigkill_mid_epoch_then_resume(data_dir, tmp_path):
     before = json.loads((run_dir / "history.json").read_text())
     best_before = (run_dir / "best.keras").read_bytes()
 
-    result = run("train", "--resume", str(run_dir), "--data-dir", str(data_dir))
+    # As the README says to, no flag added: the data folder is the one the run read.
+    result = run("train", "--resume", str(run_dir))
     assert result.exit_code == 0, result.output
     assert "Resuming" in result.output
     history = assert_complete_run(run_dir, 3)
+    assert run("evaluate", str(run_dir)).exit_code == 0  # on the folder the run read
     assert history[: len(before)] == before  # the epochs done before the kill are kept as-is
     # best.keras changed only if a later epoch beat the best validation accuracy so far.
     best_so_far = max(r["val_accuracy"] for r in before)
@@ -132,8 +145,8 @@ def test_ctrl_c_saves_and_says_how_to_resume(data_dir, tmp_path):
     assert f"Resume with: mnist-seq train --resume {run_dir}" in out and "Traceback" not in out
     assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
 
-    result = run("train", "--resume", str(run_dir), "--data-dir", str(data_dir))
-    assert result.exit_code == 0, result.output
+    result = follow(out, "Resume with: ")
+    assert result.returncode == 0, result.stdout + result.stderr
     assert_complete_run(run_dir, 3)
 
 
