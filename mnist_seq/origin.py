@@ -8,12 +8,11 @@ without being told; `evaluate`, `inspect` and `export` read that folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mnist_seq.errors import ConfigError, DataError, MnistSeqError
+from mnist_seq.errors import ConfigError, DataError
 from mnist_seq.options import RuntimeOptions
 from mnist_seq.rundir import RunDir
 
@@ -29,13 +28,7 @@ def record(run: RunDir, backend: str, data_source: str,
 
 def read(run: RunDir) -> dict[str, Any]:
     """started.json's facts ({} for a run from before it was written, or none)."""
-    path = run / RunDir.STARTED
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise MnistSeqError(f"{path}: unreadable ({e})") from None
+    return run.read_json(RunDir.STARTED) if (run / RunDir.STARTED).is_file() else {}
 
 
 def data_dir(run: RunDir, given: str | None) -> str | None:

@@ -268,22 +268,22 @@ class RunDir:
             return []
 
     def read_metrics(self) -> dict[str, Any]:
-        return self._read_json(self.METRICS)
+        return self.read_json(self.METRICS)
 
     def read_evaluation(self) -> dict[str, Any] | None:
         """evaluation.json, or None if the run was not evaluated yet."""
-        return self._read_json(self.EVALUATION) if (self / self.EVALUATION).is_file() else None
+        return self.read_json(self.EVALUATION) if (self / self.EVALUATION).is_file() else None
 
     def read_trial(self) -> dict[str, Any] | None:
-        """trial.json (state, settings, validation accuracy) for a sweep's trial, else
-        None."""
-        return self._read_json(self.TRIAL) if (self / self.TRIAL).is_file() else None
+        """trial.json (state, settings, validation accuracy) of a sweep's trial, or None."""
+        return self.read_json(self.TRIAL) if (self / self.TRIAL).is_file() else None
 
     def write_trial(self, record: dict[str, Any]) -> Path:
         """trial.json: how a sweep's trial stands (state, settings, value, note)."""
         return self.write_json(self.TRIAL, record)
 
-    def _read_json(self, name: str) -> dict[str, Any]:
+    def read_json(self, name: str) -> dict[str, Any]:
+        """One of the run's JSON files; a one-line error if it is missing or damaged."""
         try:
             return json.loads((self / name).read_text(encoding="utf-8"))
         except FileNotFoundError:
