@@ -256,12 +256,16 @@ def runs(root, sort, as_json) -> None:
 @click.option("--study", metavar="NAME", help="The study's name (default: the spec's name).")
 @click.option("--prune", is_flag=True,
               help="Stop poor trials early from their per-epoch validation accuracy.")
+@click.option("--heartbeat", type=click.IntRange(min=1), default=60, show_default=True,
+              metavar="SECONDS",
+              help="With --storage: how often a trial says it is alive; one silent for "
+                   "twice this is continued by another machine.")
 @click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto",
               show_default=True, help="Where to train.")
 @click.pass_context
-def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, data_dir,
-          device) -> None:
+def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, heartbeat,
+          data_dir, device) -> None:
     """Train many runs of one config with settings chosen by Optuna; the best trial's
     config goes to best.yaml and only its model is scored on the test set."""
     from mnist_seq.study import require_optuna
@@ -270,8 +274,8 @@ def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, d
     require_optuna()
     options = _options(ctx, device=device, data_dir=data_dir,
                        command=shlex.join(["mnist-seq", *sys.argv[1:]]))
-    best = run_sweep(spec, sweep_dir, SweepOptions(workers, storage, study, prune), options,
-                     log=click.echo)
+    best = run_sweep(spec, sweep_dir, SweepOptions(workers, storage, study, prune, heartbeat),
+                     options, log=click.echo)
     test = best["test_accuracy"]
     click.echo(f"Best trial {best['trial']}: validation accuracy {best['val_accuracy']:.2%}"
                + (f", test accuracy {test:.2%} (its model alone scored)" if test is not None
@@ -289,15 +293,19 @@ def sweep(ctx: click.Context, spec, sweep_dir, workers, storage, study, prune, d
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto",
               show_default=True, help="Where the models run.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="How long a client has to send its image; a slower one gets 408.")
 @click.pass_context
-def serve(ctx: click.Context, run_dirs, host, port, open_browser, device) -> None:
+def serve(ctx: click.Context, run_dirs, host, port, open_browser, device,
+          body_timeout) -> None:
     """A local web page: draw a digit and watch each run read it."""
     from mnist_seq.serve import require_web
     from mnist_seq.serve import serve as run_server
 
     require_web()
     run_server(list(run_dirs), host, port, open_browser, _options(ctx, device=device),
-               log=click.echo)
+               log=click.echo, body_seconds=body_timeout)
 
 
 @cli.command()

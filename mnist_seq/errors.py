@@ -28,6 +28,14 @@ class RunDirError(MnistSeqError):
     """A run folder that cannot be created, or would overwrite an existing one."""
 
 
+class WriteError(MnistSeqError):
+    """A file could not be written (a full disk, no permission); `path` names it."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
 class TrainingInterrupted(MnistSeqError):
     """Ctrl-C: the run stopped cleanly and can be resumed."""
 

@@ -23,8 +23,9 @@ import numpy as np
 from mnist_seq import origin, web_export
 from mnist_seq.converters import PARTIAL, WRITERS, ExportError, float32_copy
 from mnist_seq.errors import MnistSeqError
+from mnist_seq.files import atomic_write
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
-from mnist_seq.rundir import RunDir, atomic_write
+from mnist_seq.rundir import RunDir
 from mnist_seq.runtime import RECORD, read_record
 
 FORMATS = ("onnx", "litert", "saved_model", "web")

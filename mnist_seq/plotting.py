@@ -135,7 +135,8 @@ def plot_history_files(run_dirs: list[str], out: str | None = None,
                        metrics: tuple[str, ...] = (), log_loss: bool = False):
     """Draw the curves of one or more runs into `out`, or else the run's own curves.png
     (one run) or ./runs-history.png (several). Returns the file written."""
-    from mnist_seq.rundir import RunDir, save_figure
+    from mnist_seq.files import save_figure
+    from mnist_seq.rundir import RunDir
 
     runs = [RunDir(r) for r in run_dirs]
     fig = plot_curves({r.name: r.read_history() for r in runs},

@@ -9,9 +9,10 @@
     inspect/             pictures of one digit          (inspect)
     tensorboard/         with --tensorboard
 
-Every write goes through `atomic_write` (a temporary name, then a rename), so a
-reader never sees half a file. A RunDir made with `writer=False` writes nothing:
-in a run spread over several processes only one of them owns the folder.
+Every write goes through `files.atomic_write` (a temporary name, then a rename), so a
+reader never sees half a file, not even when the disk fills up. A RunDir made with
+`writer=False` writes nothing: in a run spread over several processes only one of them
+owns the folder.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_seq.errors import MnistSeqError, RunDirError
+from mnist_seq.files import atomic_write, save_figure
 
 Rows = list[dict[str, float]]
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
@@ -41,38 +43,6 @@ INSPECT_FILES = {
     "mlp_units": "mlp-units-{tag}.png",
 }
 _CHECKPOINT = "epoch-{n}.weights.h5"  # weights and optimizer state after n epochs
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
-    """Have `write(tmp)` write a temporary file beside `path`, then rename it to `path`.
-
-    The temporary name keeps the file's suffix (Keras, matplotlib and Pillow choose
-    the format by it). A failure removes the temporary file and raises MnistSeqError."""
-    path = Path(path)
-    stem, dot, suffix = path.name.partition(".")
-    tmp = path.with_name(f".{stem}.tmp{dot}{suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise MnistSeqError(f"cannot write {path}: {e.strerror or e}") from None
-    return path
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import warnings
-
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings():  # a text-only panel can defeat tight_layout: harmless
-        warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
-    finally:
-        plt.close(fig)
 
 
 def _exists(path: str | Path) -> RunDirError:

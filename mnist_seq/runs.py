@@ -1,7 +1,7 @@
 """`mnist-seq runs`: a table of the run folders under a root, sortable by any column.
 
 A sweep folder's trials get a table of their own: state, validation accuracy (what the
-sweep maximises) and each searched setting, best first."""
+sweep maximises), each searched setting and how often it was resumed, best first."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from mnist_seq.rundir import RunDir, best_epoch
 
 RUN_COLUMNS = ("name", "model", "params", "epochs", "best_val_accuracy", "test_accuracy",
                "train_seconds")
-TRIAL_COLUMNS = ("name", "state", "val_accuracy", "epochs", "train_seconds")
+# resumed: how many times a trial was continued after its sweep was stopped.
+TRIAL_COLUMNS = ("name", "state", "val_accuracy", "epochs", "resumed", "train_seconds")
 SORTABLE = (*RUN_COLUMNS, "val_accuracy", "state")
 
 
@@ -25,7 +26,8 @@ def summarize_run(run: RunDir) -> dict[str, Any]:
     best = best_epoch(rows)
     trial = run.read_trial()
     return {
-        **({"state": trial["state"], "settings": trial["params"]} if trial else {}),
+        **({"state": trial["state"], "settings": trial["params"],
+            "resumed": trial.get("resumed") or None} if trial else {}),
         "val_accuracy": rows[-1].get("val_accuracy") if rows else None,
         "name": run.name,
         "path": str(run.path),

@@ -25,6 +25,9 @@ from mnist_seq.errors import MnistSeqError
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 
 MAX_BODY = 4 * 1024 * 1024  # bytes: a photo of a digit fits easily; more is refused (413)
+# Seconds a client has to send its image: one that trickles it, or stops halfway, gets a
+# 408 then, and holds no one else up meanwhile (bodies are read without blocking).
+BODY_SECONDS = 10.0
 TOP = 3
 
 
@@ -138,11 +141,13 @@ def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
     return {"input": digit.tolist(), "runs": runs}
 
 
-def make_app(readers: list[Reader]):
+def make_app(readers: list[Reader], body_seconds: float = BODY_SECONDS):
     """The Starlette app: the page, `GET /api/runs`, `POST /api/predict`."""
+    import anyio
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
@@ -167,10 +172,16 @@ def make_app(readers: list[Reader]):
         if declared.isdigit() and int(declared) > MAX_BODY:
             return _error(413, f"the image is over {MAX_BODY // 2**20} MB")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return _error(413, f"the image is over {MAX_BODY // 2**20} MB")
+        try:
+            with anyio.fail_after(body_seconds):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return _error(413, f"the image is over {MAX_BODY // 2**20} MB")
+        except TimeoutError:
+            return _error(408, f"the image did not arrive within {body_seconds:g} s")
+        except ClientDisconnect:  # hung up halfway: there is no one to answer
+            return Response(status_code=400)
         try:
             digit = await run_in_threadpool(prepare, bytes(body))
             return JSONResponse(await run_in_threadpool(read_digit, readers, digit))
@@ -207,14 +218,15 @@ def check_port(host: str, port: int) -> None:
 
 def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000,
           open_browser: bool = False, options: RuntimeOptions = DEFAULT_OPTIONS,
-          log=print) -> None:
-    """Load the runs, then serve the page until Ctrl-C."""
+          log=print, body_seconds: float = BODY_SECONDS) -> None:
+    """Load the runs, then serve the page until Ctrl-C (`body_seconds`: how long a client
+    has to send its image)."""
     import uvicorn
 
     check_port(host, port)
     readers = load_readers(run_dirs, options)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
-    server = uvicorn.Server(uvicorn.Config(make_app(readers), host=host, port=port,
+    server = uvicorn.Server(uvicorn.Config(make_app(readers, body_seconds), host=host, port=port,
                                            log_level="warning", access_log=False))
     names = ", ".join(f"{r.name} ({r.kind})" for r in readers)
     log(f"Serving {names} at {url} (Ctrl-C stops)")

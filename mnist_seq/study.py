@@ -8,7 +8,10 @@ server that several machines share) is the record of every trial.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from mnist_seq.errors import MnistSeqError, first_line
@@ -57,8 +60,13 @@ def distributions(spec: SweepSpec) -> dict[str, Any]:
             FloatDistribution(p.low, p.high, log=p.log) for p in spec.params}
 
 
-def open_study(storage: str, name: str, spec: SweepSpec, prune: bool):
-    """Create or join the study; joining checks that it was made from the same spec."""
+def open_study(storage: str, name: str, spec: SweepSpec, prune: bool,
+               heartbeat: int | None = None):
+    """Create or join the study; joining checks that it was made from the same spec.
+
+    With `heartbeat` (seconds), each running trial says it is alive that often, and one
+    silent for two beats is taken for dead: the next machine to ask fails it and queues a
+    copy with the same settings (Optuna's retry callback), which that machine continues."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -68,7 +76,7 @@ def open_study(storage: str, name: str, spec: SweepSpec, prune: bool):
     kwargs = ({"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else
               {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}})
     try:
-        study = _create_or_load(storage, kwargs, name, make_sampler(spec), pruner)
+        study = _create_or_load(storage, kwargs, name, make_sampler(spec), pruner, heartbeat)
     except ImportError as e:  # the database's driver is not installed
         missing = getattr(e.__cause__, "name", None) or "its database driver"
         raise MnistSeqError(f"--storage {safe_url(storage)} needs the Python package "
@@ -76,10 +84,8 @@ def open_study(storage: str, name: str, spec: SweepSpec, prune: bool):
     except Exception as e:  # SQLAlchemy's errors: a bad URL, a server that is not there
         if not e.__class__.__module__.startswith(("sqlalchemy", "optuna")):
             raise
-        reason = " ".join(first_line(e).split())
-        reason = reason.split(") ", 1)[-1] if reason.startswith("(") else reason
         raise MnistSeqError(f"cannot open the study storage {safe_url(storage)}: "
-                            f"{reason}") from None
+                            f"{_reason(e)}") from None
     made_from = spec.as_dict()
     if "spec" not in study.user_attrs:
         study.set_user_attr("spec", made_from)
@@ -89,13 +95,35 @@ def open_study(storage: str, name: str, spec: SweepSpec, prune: bool):
     return study
 
 
-def _create_or_load(storage: str, engine_kwargs: dict, name: str, sampler, pruner):
+def storage_failure(e: BaseException, storage: str) -> MnistSeqError | None:
+    """A database error met while the sweep runs (a full disk, a server gone) as one line,
+    or None for any other error. The trial in progress stays running in the study, and the
+    next command continues it."""
+    if not e.__class__.__module__.startswith("sqlalchemy"):
+        return None
+    return MnistSeqError(f"the study storage {safe_url(storage)} failed: {_reason(e)}; "
+                         "finished trials are kept: run the same command again to continue")
+
+
+def _reason(e: BaseException) -> str:
+    """SQLAlchemy's message without its "(module.Class)" lead and its links."""
+    reason = " ".join(first_line(e).split())
+    return reason.split(") ", 1)[-1] if reason.startswith("(") else reason
+
+
+def _create_or_load(storage: str, engine_kwargs: dict, name: str, sampler, pruner,
+                    heartbeat: int | None):
     import optuna
     import sqlalchemy.exc
 
+    beats = {} if heartbeat is None else {
+        "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback()}
     for attempt in range(3):
         try:
-            rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs)
+            with warnings.catch_warnings():  # heartbeats are "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **beats)
             return optuna.create_study(storage=rdb, study_name=name, sampler=sampler,
                                        pruner=pruner, direction="maximize", load_if_exists=True)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
@@ -136,6 +164,54 @@ def one_too_many(study, trial, wanted: int) -> bool:
         return False
     fail(study, trial)
     return True
+
+
+def fail_stale(study) -> None:
+    """Fail the trials whose machine went silent, each queued again as a copy with the
+    same settings (see open_study); nothing where the storage keeps no heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental"
+        optuna.storages.fail_stale_trials(study)
+
+
+def ask(study, dists: dict[str, Any]):
+    """A new trial, or first a queued copy of a dead machine's trial."""
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for `Study.optimize`; sweeps ask and
+        # tell, and beat for their trials themselves (`alive`).
+        warnings.simplefilter("ignore")
+        return study.ask(dists)
+
+
+def handle(study, number: int):
+    """A trial to report to and tell, for trial `number` that the study holds as running
+    (one a stopped sweep left, continued now)."""
+    import optuna
+
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    return optuna.trial.Trial(study, frozen._trial_id)
+
+
+def keep_alive(study, trials: list) -> list:
+    """Beat once for each of `trials` (where the storage keeps heartbeats), so that no
+    other machine takes them over; returns those still running after that."""
+    for t in trials:
+        with alive(study, t):
+            pass
+    numbers = {t.number for t in running(study)}
+    return [t for t in trials if t.number in numbers]
+
+
+@contextlib.contextmanager
+def alive(study, trial) -> Iterator[None]:
+    """Beat for `trial` while it trains, where the storage keeps heartbeats."""
+    # Optuna's own beating thread, the one `Study.optimize` runs around each trial.
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
 
 
 def running(study) -> list:

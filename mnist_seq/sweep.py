@@ -1,40 +1,33 @@
 """`mnist-seq sweep`: many runs of one config, with settings chosen by Optuna.
 
 The loop that runs trials and workers. A trial is a normal run folder trained by
-`train.train_and_evaluate` with the test set left out; at the end the best trial's
-model alone is scored on the test set, once. The folder and its files belong to
+`trials.run_trial` (`train.train_and_evaluate` with the test set left out); at the end
+the best trial's model alone is scored on the test set, once. The folder and its files belong to
 `sweep_folder.SweepFolder`, the study to the Optuna adapter `study.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mnist_seq import study as studies
-from mnist_seq.errors import MnistSeqError, TrainingDiverged, TrainingInterrupted
+from mnist_seq import trials
+from mnist_seq.errors import MnistSeqError
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.rundir import RunDir
 from mnist_seq.sweep_folder import SweepFolder
 from mnist_seq.sweep_spec import SweepSpec, read_spec
+from mnist_seq.trials import INTERRUPTED, SweepInterrupted
 
 BEST_CURVES = 5  # how many of the best trials best-curves.png overlays
-INTERRUPTED = ("interrupted; finished trials are kept: run the same command again to continue "
-               "the sweep")
-
-
-class SweepInterrupted(MnistSeqError):
-    """Ctrl-C: the sweep stopped; the same command continues it."""
-
-    exit_code = 130
-
-
 @dataclass(frozen=True)
 class SweepOptions:
     """How a sweep runs (the spec says what it tries)."""
@@ -43,6 +36,9 @@ class SweepOptions:
     storage: str | None = None  # a database URL; None: sqlite in the sweep folder
     study: str | None = None  # None: the spec file's name
     prune: bool = False
+    # Seconds between a trial's heartbeats in a shared --storage: a trial silent for two
+    # is taken over by another machine.
+    heartbeat: int = 60
 
 
 @dataclass(frozen=True)
@@ -55,9 +51,17 @@ class Sweep:
     study: str
     prune: bool
     options: RuntimeOptions
+    heartbeat: int | None = None  # None: the folder's own SQLite, which one command holds
 
     def open(self):
-        return studies.open_study(self.storage, self.study, self.spec, self.prune)
+        return studies.open_study(self.storage, self.study, self.spec, self.prune,
+                                  self.heartbeat)
+
+    def run_of(self, trial) -> RunDir:
+        """The trial's run folder: its own in this folder, or the one of a trial whose
+        machine died, which it continues."""
+        path = trial.user_attrs.get("run")
+        return RunDir(path) if path else self.folder.trial(trial.number)
 
     def ran_here(self, trial) -> bool:
         """Whether the trial's run folder is in this sweep folder, on this machine. Every
@@ -79,21 +83,34 @@ def run_sweep(spec_path: str | Path, sweep_dir: str | Path | None,
     storage = how.storage or folder.default_storage
     shown = studies.safe_url(storage)
     folder.claim(spec.as_dict(), shown)
-    with folder.exclusive():
+    with folder.exclusive(), _storage_said(storage):
         _check_data(spec, options)
-        sweep = Sweep(spec, folder, storage, how.study or spec.path.stem, how.prune, options)
+        sweep = Sweep(spec, folder, storage, how.study or spec.path.stem, how.prune, options,
+                      None if storage == folder.default_storage else how.heartbeat)
         study = sweep.open()
         folder.write_state(sweep.study, shown, spec.as_dict())
-        _fail_abandoned(sweep, study)
+        kept = trials.take_back(sweep, study)
         done = studies.count_trials(study)[0]
         log(f"Sweep {folder.path}: study '{sweep.study}' in {shown}, {done} of {spec.trials} "
-            f"trials finished, {how.workers} worker{'s' if how.workers > 1 else ''}"
+            f"trials finished" + (f", {len(kept)} to continue" if kept else "")
+            + f", {how.workers} worker{'s' if how.workers > 1 else ''}"
             + (", pruning" if how.prune else ""))
         if how.workers == 1:
-            work(sweep, 0, log)
+            work(sweep, 0, log, kept)
         else:
-            _run_workers(sweep, how.workers)
+            _run_workers(sweep, how.workers, kept)
         return finish_sweep(sweep, study, log)
+
+
+@contextlib.contextmanager
+def _storage_said(storage: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        failure = studies.storage_failure(e, storage)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _check_data(spec: SweepSpec, options: RuntimeOptions) -> None:
@@ -105,29 +122,10 @@ def _check_data(spec: SweepSpec, options: RuntimeOptions) -> None:
     load_mnist(options.data_dir, spec.config({})["data"]["dir"])
 
 
-def _fail_abandoned(sweep: Sweep, study) -> None:
-    """Trials of this folder left running by a killed sweep: this command holds the
-    folder's lock, so none of them can still be running. One killed after its run
-    finished is told as complete; the others failed, and do not count as finished."""
-    for t in studies.running(study):
-        if not sweep.ran_here(t):
-            continue
-        # A trial killed inside `study.ask` has only some of its params, and no folder:
-        # its values are read only where its run folder exists.
-        run = sweep.folder.trial(t.number)
-        if run.finished:
-            value = run.read_metrics()["final_val_accuracy"]
-            sweep.folder.mark(t.number, sweep.spec.values(t.params), "complete", value=value)
-            study.tell(t.number, value)
-            continue
-        studies.fail(study, t.number)
-        if run.path.is_dir():
-            sweep.folder.mark(t.number, sweep.spec.values(t.params), "interrupted",
-                              "stopped by a kill")
-
-
-def work(sweep: Sweep, worker: int, log: Callable[[str], None] = print) -> None:
-    """Run trials until the sweep has as many finished or running as the spec wants."""
+def work(sweep: Sweep, worker: int, log: Callable[[str], None] = print,
+         kept: list[int] = ()) -> None:
+    """Continue the `kept` trials, then run new ones until the sweep has as many finished
+    or running as the spec wants."""
     from mnist_seq import backend
     from mnist_seq.processes import first_ctrl_c
 
@@ -142,69 +140,30 @@ def work(sweep: Sweep, worker: int, log: Callable[[str], None] = print) -> None:
     # The first Ctrl-C lets the trial in progress stop cleanly (training's own handler
     # runs then) and starts no other.
     with first_ctrl_c(lambda: stop.append(True)):
+        for number in kept:
+            if not stop:
+                trials.run_trial(sweep, study, studies.handle(study, number), log)
         while not stop:
             with sweep.folder.asking():
+                studies.fail_stale(study)  # first: a dead machine's trial is not running
                 if sum(studies.count_trials(study)) >= sweep.spec.trials:
                     return
-                trial = study.ask(dists)
+                trial = studies.ask(study, dists)
                 if studies.one_too_many(study, trial, sweep.spec.trials):
                     return  # another machine asked at the same moment, and came first
+                # A copy of a dead machine's trial (see study.open_study) carries its run
+                # folder: it goes on there where this machine sees it, else starts anew.
+                run = trial.user_attrs.get("run")
+                if not (run and RunDir(run).resumable):
+                    run = str(sweep.folder.trial(trial.number).path.absolute())
+                trial.set_user_attr("run", run)
                 trial.set_user_attr("folder", str(sweep.folder.path.absolute()))
                 trial.set_user_attr("host", socket.gethostname())
-            run_trial(sweep, study, trial, log)
+            trials.run_trial(sweep, study, trial, log)
     raise SweepInterrupted(INTERRUPTED)
 
 
-def run_trial(sweep: Sweep, study, trial, log: Callable[[str], None]) -> None:
-    """Train one trial's run folder and tell the study how it ended."""
-    from mnist_seq.callbacks import TrialPruned, TrialReporter
-    from mnist_seq.train import train_and_evaluate
-
-    spec, folder = sweep.spec, sweep.folder
-    values = spec.values(trial.params)
-    run = folder.trial(trial.number)
-    log(f"trial {trial.number}: {', '.join(p.describe(values[p.key]) for p in spec.params)}")
-    try:
-        # The test set stays out: only the best trial's model is scored, at the end.
-        metrics = train_and_evaluate(
-            spec.config(values), RunDir.new(run.name, run.path), sweep.options,
-            log=lambda line: None, callbacks=[TrialReporter(trial, log)], score_test=False,
-            verbose=0).metrics
-    except TrialPruned as e:
-        folder.mark(trial.number, values, "pruned", f"stopped after epoch {e.args[0]}")
-        studies.prune(study, trial)
-        log(f"trial {trial.number}: pruned after epoch {e.args[0]}")
-        return
-    except TrainingDiverged as e:
-        folder.mark(trial.number, values, "failed", str(e))
-        studies.fail(study, trial, str(e))
-        log(f"trial {trial.number}: failed: {e}")
-        return
-    except BaseException as e:
-        interrupted = isinstance(e, TrainingInterrupted | KeyboardInterrupt)
-        studies.fail(study, trial, None if interrupted else f"{e.__class__.__name__}: {e}")
-        if run.path.is_dir():
-            folder.mark(trial.number, values, "interrupted" if interrupted else "failed",
-                        "stopped by Ctrl-C" if interrupted else str(e))
-        if interrupted:
-            raise SweepInterrupted(INTERRUPTED) from None
-        raise
-    finally:
-        import keras
-
-        keras.backend.clear_session()  # a worker trains many models: free the last one
-    # The folder's record first: a kill between the two leaves a finished run that the
-    # next command tells the study about, never a told trial with no record.
-    value = metrics["final_val_accuracy"]
-    folder.mark(trial.number, values, "complete", value=value)
-    study.tell(trial, value)
-    finished = studies.count_trials(study)[0]
-    log(f"trial {trial.number}: validation accuracy {value:.2%} in "
-        f"{metrics['train_seconds']:.0f} s ({finished} of {spec.trials} finished; best "
-        f"{study.best_value:.2%}, trial {study.best_trial.number})")
-
-
-def _run_workers(sweep: Sweep, workers: int) -> None:
+def _run_workers(sweep: Sweep, workers: int, kept: list[int]) -> None:
     """Trials at once in worker processes, the cores split between them; a worker that
     fails sends its error back, and the sweep raises it once they have all stopped."""
     import multiprocessing
@@ -214,7 +173,8 @@ def _run_workers(sweep: Sweep, workers: int) -> None:
         sweep, options=dataclasses.replace(sweep.options, threads=threads))
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked TF state
     errors = context.SimpleQueue()
-    procs = [context.Process(target=_worker_main, args=(sweep, i, os.getpid(), errors))
+    procs = [context.Process(target=_worker_main,
+                             args=(sweep, i, kept[i::workers], os.getpid(), errors))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -233,21 +193,22 @@ def _run_workers(sweep: Sweep, workers: int) -> None:
     while not errors.empty():
         said.append(errors.get())
     if said:
-        raise MnistSeqError("; ".join(said) + "; finished trials are kept: run the same "
-                            "command again to continue")
+        said = "; ".join(said)
+        raise MnistSeqError(said if "again to continue" in said else said + "; finished "
+                            "trials are kept: run the same command again to continue")
     if any(codes):
         raise MnistSeqError(f"a sweep worker failed (exit codes {codes}); finished trials are "
                             "kept: run the same command again to continue")
 
 
-def _worker_main(sweep: Sweep, worker: int, parent: int, errors) -> None:
+def _worker_main(sweep: Sweep, worker: int, kept: list[int], parent: int, errors) -> None:
     """A worker process: its trials, and its error (if any) told to the sweep command."""
     from mnist_seq.processes import die_with_parent
 
     # A worker whose sweep command is killed stops too, rather than train on unseen.
     die_with_parent(parent)
     try:
-        work(sweep, worker, lambda line: print(line, flush=True))
+        work(sweep, worker, lambda line: print(line, flush=True), kept)
     except SweepInterrupted:
         raise SystemExit(SweepInterrupted.exit_code) from None
     except KeyboardInterrupt:
@@ -255,8 +216,10 @@ def _worker_main(sweep: Sweep, worker: int, parent: int, errors) -> None:
     except MnistSeqError as e:
         errors.put(f"worker {worker}: {e}")
         raise SystemExit(e.exit_code) from None
-    except Exception as e:  # a bug: said in one line by the sweep command too
-        errors.put(f"worker {worker}: unexpected {e.__class__.__name__}: {e}")
+    except Exception as e:  # the storage failed, or a bug: said in one line by the sweep too
+        failure = studies.storage_failure(e, sweep.storage)
+        errors.put(f"worker {worker}: {failure}" if failure else
+                   f"worker {worker}: unexpected {e.__class__.__name__}: {e}")
         raise SystemExit(1) from None
 
 
@@ -291,7 +254,7 @@ def _score_best(sweep: Sweep, best, values: dict[str, Any],
                 config: dict[str, Any]) -> dict[str, Any]:
     from mnist_seq.evaluation import evaluate
 
-    run = sweep.folder.trial(best.number)
+    run = sweep.run_of(best)
     summary = {"trial": best.number, "val_accuracy": best.value, "params": values,
                "run": str(run.path), "test_accuracy": None}
     saved = sweep.folder.read_best()
@@ -318,6 +281,6 @@ def _draw(sweep: Sweep, trials: list, complete: list) -> None:
     folder.save_figure(plot_sweep_params(params, [t.value for t in complete]), folder.PARAMS)
     top = sorted((t for t in complete if sweep.ran_here(t)),
                  key=lambda t: t.value, reverse=True)[:BEST_CURVES]
-    histories = {f"trial {t.number}": folder.trial(t.number).read_history() for t in top}
+    histories = {f"trial {t.number}": sweep.run_of(t).read_history() for t in top}
     if histories:
         folder.save_figure(plot_sweep_curves(histories), folder.CURVES)

@@ -6,7 +6,8 @@
     history.png, params.png, best-curves.png              the pictures
 
 Each trial is a normal run folder (`RunDir`) with a trial.json beside its files: its
-state (complete, pruned, failed, interrupted), settings, value and a note.
+state (running, complete, pruned, failed, interrupted), settings, value, a note and how
+many times it was continued after a stop.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mnist_seq.errors import RunDirError
-from mnist_seq.rundir import RunDir, atomic_write, save_figure
+from mnist_seq.files import atomic_write, save_figure
+from mnist_seq.rundir import RunDir
 
 
 class SweepFolder:
@@ -99,10 +101,16 @@ class SweepFolder:
         return RunDir(self / f"trial-{number:04d}")
 
     def mark(self, number: int, values: dict[str, Any], state: str, note: str = "",
-             value: float | None = None) -> None:
-        """Record how trial `number` stands in its run folder's trial.json."""
-        self.trial(number).write_trial({"trial": number, "state": state, "value": value,
-                                        "params": values, "note": note})
+             value: float | None = None, *, run: RunDir | None = None,
+             resumed: int | None = None) -> None:
+        """Record how trial `number` stands in its run folder's trial.json (`run`: a run
+        folder elsewhere that the trial continues). `resumed` counts the times it was
+        continued after a stop (None: as recorded before)."""
+        run = run or self.trial(number)
+        if resumed is None:
+            resumed = (run.read_trial() or {}).get("resumed", 0) if run.path.is_dir() else 0
+        run.write_trial({"trial": number, "state": state, "value": value, "params": values,
+                         "note": note, "resumed": resumed})
 
     # -- results ------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ import numpy as np
 from mnist_seq import backend, distribute, origin, speed
 from mnist_seq.config import OPTIMIZERS
 from mnist_seq.data import load_mnist, split_train_val, to_float
-from mnist_seq.errors import ConfigError, MnistSeqError
+from mnist_seq.errors import ConfigError, MnistSeqError, WriteError
 from mnist_seq.models import build_model
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.rundir import Rows, RunDir, best_epoch
@@ -196,10 +197,14 @@ def _start(s: Session) -> None:
         s.log(f"Resuming {s.run.path} after epoch {len(s.rows)} of {tcfg['epochs']}")
     else:
         s.run.create()
-        s.run.write_config(s.config)
-        origin.record(s.run, backend.name(), s.data.source, s.cluster.facts())
-        # The untrained weights, so `inspect` can show what training changed.
-        s.run.save_model(s.model, RunDir.INITIAL_WEIGHTS)
+        try:
+            s.run.write_config(s.config)
+            origin.record(s.run, backend.name(), s.data.source, s.cluster.facts())
+            # The untrained weights, so `inspect` can show what training changed.
+            s.run.save_model(s.model, RunDir.INITIAL_WEIGHTS)
+        except WriteError:
+            shutil.rmtree(s.run.path, ignore_errors=True)  # made just now: nothing to keep
+            raise
     s.log(f"Training {s.run.name} ({s.model.count_params():,} parameters) on "
           f"{s.facts['device']}: {len(s.data.x_train):,} train / {len(s.data.x_val):,} "
           f"validation samples from {s.data.source}, {tcfg['epochs']} epochs of batch "
@@ -316,11 +321,15 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
     `metrics` are metrics.json's).
     """
     session = build(config, run, options, resume=resume, log=log)
-    with session.cluster.lost_processes(
-            f"To resume, start every process again with --resume {session.run.path} (and "
-            "its --num-processes, --process-id and --coordinator, if given)"):
-        fit(session, callbacks, verbose)
-        finish(session, score_test)
+    try:
+        with session.cluster.lost_processes(
+                f"To resume, start every process again with --resume {session.run.path} "
+                "(and its --num-processes, --process-id and --coordinator, if given)"):
+            fit(session, callbacks, verbose)
+            finish(session, score_test)
+    except WriteError as e:  # a full disk: what was written is whole, and resumes
+        raise WriteError(f"{e}; the finished epochs are kept: make room, then resume with: "
+                         f"mnist-seq train --resume {session.run.path}", e.path) from None
     session.cluster.close()
     return session
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from pathlib import Path
 
@@ -65,3 +66,56 @@ def _isolated(monkeypatch, tmp_path):
     """No test reads the developer's MNIST_SEQ_DATA or Keras cache by accident."""
     monkeypatch.delenv("MNIST_SEQ_DATA", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MB file system of its own (tmpfs) to fill up: root only, skipped elsewhere."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+            capture_output=True).returncode:
+        pytest.skip("filling a disk needs root, to mount a small tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(disk: Path) -> Path:
+    """Write a file until `disk` is full, to the last byte; delete it to make room."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for size in (2**20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                continue
+    return ballast
+
+
+def assert_whole(folder: Path) -> None:
+    """Every file under `folder` is complete under its final name: no temporary files
+    left, and each JSON, YAML, HDF5, .keras (zip) and PNG file reads."""
+    import zipfile
+
+    import h5py
+    import yaml
+    from PIL import Image
+
+    assert not list(folder.rglob(".*tmp*")), list(folder.rglob(".*tmp*"))
+    for path in folder.rglob("*"):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".yaml":
+            yaml.safe_load(path.read_text())
+        elif path.suffix == ".h5":
+            h5py.File(path, "r").close()
+        elif path.suffix == ".keras":
+            assert zipfile.ZipFile(path).testzip() is None, path
+        elif path.suffix == ".png":
+            Image.open(path).verify()

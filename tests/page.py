@@ -27,10 +27,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(runs: list[Path | str], port: int) -> subprocess.Popen:
-    """`mnist-seq serve RUN...` on `port`; returns once it listens."""
+def start_server(runs: list[Path | str], port: int, *options: str) -> subprocess.Popen:
+    """`mnist-seq serve RUN... OPTION...` on `port`; returns once it listens."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mnist_seq", "serve", *map(str, runs), "--port", str(port)],
+        [sys.executable, "-m", "mnist_seq", "serve", *map(str, runs), "--port", str(port),
+         *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stdout.readline()

@@ -14,6 +14,7 @@ from test_cli import assert_one_line_error, run
 
 from mnist_seq.cli import cli
 from mnist_seq.data import load_mnist, to_float
+from mnist_seq.errors import MnistSeqError
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +138,49 @@ def test_bad_models_and_images_are_one_line_errors(trained_run, tmp_path):
     ]
     for args, fragment in cases:
         assert_one_line_error(run(*args), fragment)
+
+
+def test_the_background_filter_is_pils_min_and_max_filter():
+    from PIL import Image, ImageFilter
+
+    from mnist_seq.predict import _rank_filter
+
+    a = np.random.default_rng(1).integers(0, 256, (61, 47)).astype(np.uint8)
+    for k in (3, 15, 35):
+        for op, pil in ((np.min, ImageFilter.MinFilter), (np.max, ImageFilter.MaxFilter)):
+            expected = np.asarray(Image.fromarray(a).filter(pil(k)))
+            assert np.array_equal(_rank_filter(a, k, op), expected), (k, op)
+
+
+@pytest.mark.slow
+def test_predict_reads_every_pixel_format_alike_and_refuses_bombs_at_once(trained_run,
+                                                                          tmp_path):
+    import time
+
+    import images
+
+    from mnist_seq.predict import load_image, to_mnist
+
+    files = {}
+    for name, data in images.readable().items():
+        files[name] = tmp_path / name
+        files[name].write_bytes(data)
+    plain = to_mnist(load_image(files["gray.png"])).astype(int)
+    for name, path in files.items():  # the digit the model sees is the plain one's
+        digit = to_mnist(load_image(path)).astype(int)
+        assert np.abs(digit - plain).max() <= (40 if name.endswith(".jpg") else 0), name
+    result = run("predict", str(trained_run), *map(str, files.values()), "--json")
+    assert result.exit_code == 0, result.output
+    answers = {r["input"]: r["top"][0]["class"] for r in json.loads(result.output)}
+    assert len(set(answers.values())) == 1, answers
+    for name, (data, fragment) in images.refused().items():
+        path = tmp_path / f"refused-{name}.png"  # a GIF called .png is told by its content
+        path.write_bytes(data)
+        start = time.perf_counter()
+        with pytest.raises(MnistSeqError, match=fragment):
+            to_mnist(load_image(path))
+        assert time.perf_counter() - start < 0.1, name
+        assert_one_line_error(run("predict", str(trained_run), str(path)), fragment)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_synthetic, write_idx
+from conftest import assert_whole, fill, make_synthetic, write_idx
 from test_cli import SMOKE, assert_one_line_error, run
 
 # Long enough epochs (about a second each) to land a signal in the middle of one.
@@ -282,6 +282,32 @@ def test_bad_input_catalogue(case, data_dir, tmp_path):
     result = run("train", *smoke, *args)
     assert_one_line_error(result, message, code=code)
     assert snapshot(tmp_path) == before  # nothing existing changed, nothing new written
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_mid_run_loses_nothing(data_dir, small_disk):
+    run_dir = small_disk / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnist_seq", "train", "--model", "mlp", "--set",
+         "model.hidden=[64]", "--max-train-samples", "3000", "--epochs", "60",
+         "--max-test-samples", "500", "--device", "cpu", "--data-dir", str(data_dir),
+         "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    wait_for_epochs(run_dir, 2, proc)
+    ballast = fill(small_disk)  # another program takes the rest of the disk
+    out, _ = proc.communicate(timeout=300)
+    errors = [line for line in out.splitlines() if line.startswith("Error: ")]
+    assert proc.returncode == 1 and len(errors) == 1, out
+    assert "Traceback" not in out and "Exception ignored" not in out, out
+    assert "No space left on device" in errors[0], errors[0]
+    named = Path(errors[0].split("cannot write ", 1)[1].split(":", 1)[0])
+    assert named.parent in (run_dir, run_dir / "backup") and not named.name.startswith(".")
+    assert_whole(run_dir)
+    ballast.unlink()
+    resumed = follow(out, "resume with: ")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_complete_run(run_dir, 60)
+    assert_whole(run_dir)
 
 
 def test_full_disk_is_a_clean_error(data_dir, tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mnist_seq.errors import MnistSeqError, RunDirError
-from mnist_seq.rundir import RunDir, atomic_write, best_epoch
+from mnist_seq.files import atomic_write
+from mnist_seq.rundir import RunDir, best_epoch
 
 ROWS = [{"epoch": 0, "loss": 0.5, "val_accuracy": 0.90, "seconds": 1.0},
         {"epoch": 1, "loss": 0.3, "val_accuracy": 0.95, "seconds": 1.0},
@@ -165,7 +166,10 @@ def test_a_sweep_folder_owns_its_files_and_its_trials_records(tmp_path):
     folder.mark(3, {"lr": 0.1}, "pruned", "stopped after epoch 1")
     assert folder.trial(3).read_trial() == {"trial": 3, "state": "pruned", "value": None,
                                             "params": {"lr": 0.1},
-                                            "note": "stopped after epoch 1"}
+                                            "note": "stopped after epoch 1", "resumed": 0}
+    folder.mark(3, {"lr": 0.1}, "running", resumed=2)
+    folder.mark(3, {"lr": 0.1}, "complete", value=0.5)  # the count is carried
+    assert folder.trial(3).read_trial()["resumed"] == 2
     assert folder.trial(3).name == "trial-0003" and folder.read_best() is None
     other = tmp_path / "other"
     other.mkdir()

@@ -15,7 +15,8 @@ from test_cli import SMOKE, assert_one_line_error, run
 pytest.importorskip("starlette")
 pytest.importorskip("httpx2")
 
-import page  # the server and the browser, as a person uses them
+import images  # noqa: E402 (the unusual and hostile images)
+import page  # noqa: E402 (the server and the browser, as a person uses them)
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,36 @@ def test_several_requests_at_once(client, data_dir):
     for body, answer in zip(bodies, answers, strict=True):
         again = client.post("/api/predict", content=body).json()
         assert answer.json()["input"] == again["input"]
+
+
+@pytest.mark.slow
+def test_under_load_bad_clients_and_hostile_images_hold_no_one_up(two_runs, tmp_path):
+    """scripts/load_serve.py, short: 16 clients for 8 s, a client trickling its body and
+    one hanging up, and each unusual image once."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "load.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "load_serve.py"
+    subprocess.run([sys.executable, str(script), *map(str, two_runs), "--clients", "16",
+                    "--seconds", "8", "--body-timeout", "2", "--requests", "0",
+                    "--json", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    figures = json.loads(out.read_text())
+    load = figures["load"]
+    assert load["errors"] == 0 and load["requests"] > 100, load
+    assert load["max_ms"] < 2000, load
+    # The trickling client is cut off at its timeout; the others did not wait for it.
+    assert load["slow_client"]["status"] == "408" and load["slow_client"]["seconds"] < 4
+    assert load["p99_ms_while_slow_client"] < 2000 and load["hang_up"]
+    assert figures["server_alive"]
+    seen = figures["images"]
+    for name in images.readable():  # read as the plain seven (JPEG: within its loss)
+        assert seen[name]["off_by"] <= (40 if name.endswith(".jpg") else 0), (name, seen)
+    for name, (_, fragment) in images.refused().items():
+        assert seen[name]["status"] == 400 and fragment in seen[name]["error"], name
+        assert seen[name]["ms"] < 100, (name, seen[name])
 
 
 @pytest.mark.slow

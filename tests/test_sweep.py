@@ -27,6 +27,9 @@ TINY = {"train.epochs": 2, "data.max_train_samples": 300, "data.max_test_samples
         "train.validation_fraction": 0.2}
 
 
+# Trials long enough to be killed inside: 4 epochs of 3,000 samples.
+LONGER = {**TINY, "train.epochs": 4, "data.max_train_samples": 3000}
+
 SEARCH = {"train.learning_rate": {"log_uniform": [1e-3, 1e-2]},
           "model.hidden": {"choice": [[16], [32]]}}
 
@@ -102,29 +105,115 @@ def test_small_sweep_with_two_workers(data_dir, tmp_path):
     assert report.exit_code == 0, report.output
 
 
-@pytest.mark.slow
-def test_a_killed_sweep_continues_to_the_requested_trials(data_dir, tmp_path):
-    spec, folder = write_spec(tmp_path, trials=5), tmp_path / "sweep"
-    proc = sweep(spec, "--sweep-dir", str(folder), "--workers", "2", data_dir=data_dir,
-                 start_new_session=True)
-    deadline = time.time() + 240
-    while sum(t["state"] == "complete" for t in trials_in(folder).values()) < 2:
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
-        time.sleep(0.1)
+def when_training(proc: subprocess.Popen, after: float, deadline: float = 300) -> str:
+    """Return `after` seconds past the sweep's first trained epoch, with what it said."""
+    import selectors
+
+    out, trained, stop = "", None, time.time() + deadline
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while trained is None or time.time() < trained + after:
+            assert proc.poll() is None and time.time() < stop, out
+            if sel.select(0.05):
+                out += proc.stdout.readline()
+                if trained is None and ": epoch 1/" in out:
+                    trained = time.time()
+    return out
+
+
+def kill_when_training(proc: subprocess.Popen, after: float) -> str:
+    """SIGKILL the sweep's whole process group `after` seconds past its first trained
+    epoch; returns what it said."""
+    out = when_training(proc, after)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = {n: (folder / f"trial-{n:04d}" / "metrics.json").stat().st_mtime_ns
-              for n, t in trials_in(folder).items() if t["state"] == "complete"}
-    out = finish(sweep(spec, "--sweep-dir", str(folder), "--workers", "2", data_dir=data_dir))
-    assert "trials finished" in out
+    return out + proc.stdout.read()
+
+
+def epochs_said(out: str) -> list[tuple[int, int]]:
+    """(trial, epoch) of each "trial N: epoch k/E" line: an epoch's line comes after its
+    checkpoint is saved, so a trial that is continued never says an epoch twice."""
+    import re
+
+    return [(int(t), int(e)) for t, e in re.findall(r"trial (\d+): epoch (\d+)/", out)]
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_three_times_trains_each_trial_once(data_dir, tmp_path):
+    import random
+
+    spec, folder = write_spec(tmp_path, trials=6, set=LONGER), tmp_path / "sweep"
+    args = (spec, "--sweep-dir", str(folder), "--workers", "2")
+    outs = [kill_when_training(sweep(*args, data_dir=data_dir, start_new_session=True),
+                               after=random.Random(i).uniform(0, 1.5)) for i in range(3)]
+    outs.append(finish(sweep(*args, data_dir=data_dir)))
+    assert "to continue" in "".join(outs[1:])  # a later command took up a killed trial
+    said = [pair for out in outs for pair in epochs_said(out)]
+    assert sorted(said) == sorted(set(said)), "an epoch was trained twice"
+    # Exactly 6 run folders, each trained once through its 4 epochs, all complete.
+    folders = sorted(folder.glob("trial-*"))
+    assert len(folders) == 6, folders
+    for run_folder in folders:
+        rows = json.loads((run_folder / "history.json").read_text())
+        assert [r["epoch"] for r in rows] == [0, 1, 2, 3], run_folder
     trials = trials_in(folder)
-    complete = [n for n, t in trials.items() if t["state"] == "complete"]
-    assert len(complete) == 5
-    for n, mtime in before.items():  # finished trials are kept as they were, not run again
-        assert (folder / f"trial-{n:04d}" / "metrics.json").stat().st_mtime_ns == mtime
+    assert len(trials) == 6 and {t["state"] for t in trials.values()} == {"complete"}
     states = study_states(folder)
-    assert states.count("COMPLETE") == 5 and set(states) <= {"COMPLETE", "FAIL"}
-    assert "RUNNING" not in states
+    assert states.count("COMPLETE") == 6 and set(states) <= {"COMPLETE", "FAIL"}
+    resumed = [t for t in trials.values() if t["resumed"]]
+    listing = run("runs", str(folder))
+    assert listing.exit_code == 0 and "resumed" in listing.output.splitlines()[0]
+    assert resumed or len(said) == 24  # kills between epochs leave nothing to continue
+
+
+@pytest.mark.slow
+def test_a_dead_machines_trial_is_continued_by_another(data_dir, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    spec = write_spec(tmp_path, trials=2, set=LONGER)
+    machine = {m: (spec, "--sweep-dir", str(tmp_path / m), "--storage", storage,
+                   "--heartbeat", "1") for m in ("a", "b")}
+    first = kill_when_training(sweep(*machine["a"], data_dir=data_dir,
+                                     start_new_session=True), after=0)
+    done = [e for t, e in epochs_said(first) if t == 0]
+    assert done and done[-1] < 4
+    second = finish(sweep(*machine["b"], data_dir=data_dir))
+    assert f"trial 1: continuing {tmp_path / 'a' / 'trial-0000'} after epoch {done[-1]}" \
+        in second
+    # Machine a's trial 0 failed (its heartbeat stopped); its copy, trial 1, went on in
+    # a's run folder from where the kill left it, and b trained a new trial 2.
+    assert study_states(tmp_path, storage) == ["FAIL", "COMPLETE", "COMPLETE"]
+    record = json.loads((tmp_path / "a" / "trial-0000" / "trial.json").read_text())
+    assert record["trial"] == 1
+    assert record["state"] == "complete" and record["resumed"] == 1
+    assert [e for t, e in epochs_said(second) if t == 1] == list(range(done[-1] + 1, 5))
+    # Machine a back: nothing of its own is left to continue, nothing is trained again.
+    again = finish(sweep(*machine["a"], data_dir=data_dir))
+    assert not epochs_said(again) and "2 of 2 trials finished" in again
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_disk_that_fills_goes_on_once_there_is_room(data_dir, small_disk):
+    from conftest import assert_whole, fill
+
+    spec, folder = write_spec(small_disk.parent, trials=3, set=LONGER), small_disk / "sweep"
+    proc = sweep(spec, "--sweep-dir", str(folder), data_dir=data_dir)
+    out = when_training(proc, after=0)
+    ballast = fill(small_disk)
+    out += proc.communicate(timeout=300)[0]
+    errors = [line for line in out.splitlines() if line.startswith("Error: ")]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in out, out
+    assert "full" in errors[0] or "No space left on device" in errors[0], errors[0]
+    assert "run the same command again to continue" in errors[0]
+    assert_whole(folder)
+    ballast.unlink()
+    out += finish(sweep(spec, "--sweep-dir", str(folder), data_dir=data_dir))
+    said = epochs_said(out)
+    assert sorted(said) == sorted(set(said)), "an epoch was trained twice"
+    trials = trials_in(folder)
+    assert len(trials) == 3 and {t["state"] for t in trials.values()} == {"complete"}
+    for run_folder in folder.glob("trial-*"):
+        rows = json.loads((run_folder / "history.json").read_text())
+        assert [r["epoch"] for r in rows] == [0, 1, 2, 3], run_folder
 
 
 @pytest.mark.slow
