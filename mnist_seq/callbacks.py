@@ -1,6 +1,7 @@
 """The Keras callbacks of a training run.
 
-At the end of each epoch, in list order: `Guard` checks the loss, `HistoryRecorder`
+At the end of each epoch, in list order: `Guard` checks the loss, `SnapshotKeeper` (when
+asked for) writes the snapshots, `HistoryRecorder`
 records and writes the epoch, `BestModel` keeps best.keras, `EpochCheckpoint` saves
 the state a resume starts from. An epoch in the history with no checkpoint after it
 (killed in between) is trained again on resume (`RunDir.resume_point`).
@@ -16,6 +17,7 @@ import keras
 
 from mnist_seq.errors import TrainingDiverged, TrainingInterrupted
 from mnist_seq.rundir import Rows, RunDir, best_epoch
+from mnist_seq.snapshots import BATCHES
 
 # Cross-entropy over 10 classes starts near ln(10) = 2.3. Keras clips probabilities at
 # 1e-7, so it tops out at 16.1: a mean past 10 (the true class gets e^-10 on average)
@@ -138,3 +140,34 @@ class TrialReporter(keras.callbacks.Callback):
                  f"validation accuracy {value:.2%}")
         if epoch + 1 < self.params["epochs"] and self.trial.should_prune():
             raise TrialPruned(epoch + 1)
+
+
+class SnapshotKeeper(keras.callbacks.Callback):
+    """Keeps snapshots of the network as it learns (`snapshots.py`): before training,
+    after the named batches (for the model types that take them) and after every epoch,
+    writing RUN/snapshots.npz at each epoch's end, before the history: a resume drops
+    the epoch it trains again, the history's and the snapshots' alike."""
+
+    def __init__(self, run: RunDir, kept, take, batches: bool):
+        super().__init__()
+        self.run, self.kept, self.take, self.batches = run, kept, take, batches
+        self.epoch = 0
+
+    def _keep(self, step: int, epoch: int, end: bool) -> None:
+        self.kept.add(step, epoch, end, self.take(self.model, self.kept.digit))
+
+    def on_train_begin(self, logs=None):
+        if not self.kept.steps:
+            self._keep(0, -1, False)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.epoch * self.params["steps"] + batch + 1
+        if self.batches and step in BATCHES:
+            self._keep(step, self.epoch, False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._keep((epoch + 1) * self.params["steps"], epoch, True)
+        self.run.write_bytes(RunDir.SNAPSHOTS, self.kept.to_bytes())

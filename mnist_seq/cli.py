@@ -89,6 +89,8 @@ def backend_option(command):
 @click.option("--deterministic", is_flag=True,
               help="Two runs with the same seed match exactly (TensorFlow's op determinism; "
                    "XLA's deterministic GPU ops on JAX).")
+@click.option("--snapshots", is_flag=True,
+              help="Keep the network as it learns (train.snapshots): inspect draws it.")
 @click.option("--resume", metavar="RUN_DIR",
               help="Continue a killed or interrupted run from its last completed epoch.")
 @click.option("--distribute", is_flag=True,
@@ -106,7 +108,7 @@ def backend_option(command):
 @click.pass_context
 def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size, learning_rate,
           seed, max_train_samples, max_test_samples, data_dir, run_dir, runs_root, device,
-          tensorboard, deterministic, resume, distribute, num_processes, process_id,
+          tensorboard, deterministic, snapshots, resume, distribute, num_processes, process_id,
           coordinator, cpu_devices) -> None:
     """Train a model from a YAML config and write a run folder."""
     from mnist_seq import launch
@@ -115,7 +117,7 @@ def train(ctx: click.Context, model_name, config_file, sets, epochs, batch_size,
         model_name, config_file, sets,
         {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
          "seed": seed, "deterministic": deterministic, "max_train_samples": max_train_samples,
-         "max_test_samples": max_test_samples}, run_dir, runs_root, resume)
+         "max_test_samples": max_test_samples, "snapshots": snapshots}, run_dir, runs_root, resume)
     options = _options(ctx, device=device, data_dir=data_dir, tensorboard=tensorboard,
                        command=shlex.join(["mnist-seq", *sys.argv[1:]]),
                        distribute=launch.distribute_options(
@@ -199,9 +201,13 @@ def plot_history(runs, out, metrics, log_loss) -> None:
               help="Which test digit to show (default 0).")
 @click.option("--image", metavar="FILE", help="Your own digit instead (PNG/JPEG/BMP/.npy).")
 @click.option("--data-dir", metavar="DIR", help="Folder with the MNIST files (as for train).")
+@click.option("--map-digits", type=click.IntRange(min=0), default=2000, show_default=True,
+              metavar="N", help="Test digits on the map of digits (0: no map).")
 @click.pass_context
-def inspect(ctx: click.Context, run_dirs, index, image, data_dir) -> None:
-    """Pictures of how the network sees a digit, into RUN_DIR/inspect/.
+def inspect(ctx: click.Context, run_dirs, index, image, data_dir, map_digits) -> None:
+    """Pictures of how the network sees a digit and what training did, into
+    RUN_DIR/inspect/: which pixels decided, the map of digits, and the network as it
+    learned where the run kept snapshots (train --snapshots).
 
     Extra LSTM runs given after the first add their curve to rows-read-accuracy.png."""
     from mnist_seq.errors import ConfigError
@@ -209,7 +215,8 @@ def inspect(ctx: click.Context, run_dirs, index, image, data_dir) -> None:
 
     if index is not None and image is not None:
         raise ConfigError("give --index or --image, not both")
-    for path in inspect_runs(list(run_dirs), index, image, _options(ctx, data_dir=data_dir)):
+    for path in inspect_runs(list(run_dirs), index, image, _options(ctx, data_dir=data_dir),
+                             map_digits):
         click.echo(f"Wrote {path}")
 
 

@@ -30,6 +30,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "steps_per_execution": 64,  # batches per compiled call (an MLP on a CPU: a whole epoch)
     "precision": "auto",  # auto: bfloat16 compute for CNNs on CPUs with bf16 units
     "xla": "auto",  # auto: off on CPUs, Keras's choice on GPUs (see speed.choose_xla)
+    # Keep the network as it learns (snapshots.py): off costs nothing; on, a CNN or MLP
+    # trains one step per call, so each named batch can be seen.
+    "snapshots": False,
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "dir": None,  # folder with the IDX files or mnist.npz; None = env var or Keras cache

@@ -260,6 +260,16 @@ def rows_read_accuracy(probes: dict[str, Any], x: np.ndarray, y: np.ndarray):
     return fig
 
 
+def initial_model(run: RunDir, config: dict[str, Any]):
+    """The run's model with the weights it started from, or None if it kept none."""
+    path = run / RunDir.INITIAL_WEIGHTS
+    if not path.is_file():
+        return None
+    initial = build_model(config["model"])
+    initial.load_weights(path)
+    return initial
+
+
 def cnn_pictures(shown: Shown) -> list[Path]:
     """First-layer filters before and after training; every convolution's feature maps."""
     import keras
@@ -270,11 +280,9 @@ def cnn_pictures(shown: Shown) -> list[Path]:
     convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
     trained = convs[0].get_weights()[0]  # (k, k, 1, filters)
     written = []
-    initial_path = run / RunDir.INITIAL_WEIGHTS
     rows = [("trained", trained)]
-    if initial_path.is_file():
-        initial = build_model(shown.config["model"])
-        initial.load_weights(initial_path)
+    initial = initial_model(run, shown.config)
+    if initial is not None:
         start = initial.get_layer(convs[0].name).get_weights()[0]
         rows = [("at initialisation", start), ("trained", trained),
                 ("change", trained - start)]

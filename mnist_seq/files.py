@@ -77,9 +77,10 @@ def save_figure(fig, path: str | Path) -> Path:
 
     import matplotlib.pyplot as plt
 
-    with warnings.catch_warnings():  # a text-only panel can defeat tight_layout: harmless
-        warnings.simplefilter("ignore", UserWarning)
-        fig.tight_layout()
+    if fig.get_layout_engine() is None:  # a figure laid out as it was made keeps that
+        with warnings.catch_warnings():  # a text-only panel can defeat tight_layout: harmless
+            warnings.simplefilter("ignore", UserWarning)
+            fig.tight_layout()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
     finally:

@@ -18,7 +18,7 @@ SHORTCUTS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size",
     "learning_rate": "train.learning_rate", "seed": "train.seed",
     "deterministic": "train.deterministic", "max_train_samples": "data.max_train_samples",
-    "max_test_samples": "data.max_test_samples",
+    "max_test_samples": "data.max_test_samples", "snapshots": "train.snapshots",
 }
 
 

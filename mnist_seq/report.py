@@ -26,6 +26,7 @@ def build_report(run_dir: str | Path, options: RuntimeOptions = DEFAULT_OPTIONS)
 
         evaluation = evaluate(run.path, options)
     seconds_png = run.save_figure(plot_epoch_seconds(run.read_history()), RunDir.EPOCH_SECONDS)
+    learned = _learned(run, options)
     config = run.read_config_text()
 
     parts = [
@@ -42,6 +43,7 @@ def build_report(run_dir: str | Path, options: RuntimeOptions = DEFAULT_OPTIONS)
         _per_class(evaluation),
         "<h2>Confusion matrix</h2>", _img(run / RunDir.CONFUSION),
         "<h2>Most confidently wrong test digits</h2>", _img(run / RunDir.WORST_ERRORS),
+        *learned,
         "<h2>Time per epoch</h2>", _img(seconds_png),
         _table("Speed, device and versions", {
             key: metrics[key] for key in (
@@ -57,6 +59,26 @@ def build_report(run_dir: str | Path, options: RuntimeOptions = DEFAULT_OPTIONS)
     return run.write_text(RunDir.REPORT, page)
 
 
+def _learned(run: RunDir, options: RuntimeOptions) -> list[str]:
+    """What training did: the snapshots' pictures where the run kept them, which pixels
+    decided a digit and the map of digits (from `inspect`, run here on test digit 0 if
+    it has not been)."""
+    saliency = sorted((run / RunDir.INSPECT).glob("saliency-*.png"))
+    if not saliency or not run.inspect_file("digit_map").is_file():
+        from mnist_seq.inspection import inspect_runs
+
+        inspect_runs([run.path], options=options)
+        saliency = sorted((run / RunDir.INSPECT).glob("saliency-*.png"))
+    parts = []
+    if run.read_snapshots() is not None:
+        parts += ["<h2>The network as it learned</h2>", _img(run.inspect_file("learning"))]
+        for name in ("learning_gif", "moved"):
+            if run.inspect_file(name).is_file():
+                parts.append(_img(run.inspect_file(name)))
+    return parts + ["<h2>The pixels that decided</h2>", _img(saliency[0]),
+                    "<h2>The map of digits</h2>", _img(run.inspect_file("digit_map"))]
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value))
 
@@ -65,7 +87,8 @@ def _img(path: Path) -> str:
     if not path.is_file():
         return f"<p><em>{_e(path.name)} is missing</em></p>"
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<img alt='{_e(path.name)}' src='data:image/png;base64,{data}'>"
+    kind = "gif" if path.suffix == ".gif" else "png"
+    return f"<img alt='{_e(path.name)}' src='data:image/{kind};base64,{data}'>"
 
 
 def _table(title: str, items: dict[str, Any]) -> str:

@@ -41,6 +41,11 @@ INSPECT_FILES = {
     "cnn_filters": "cnn-filters.png",
     "cnn_maps": "cnn-feature-maps-{tag}.png",
     "mlp_units": "mlp-units-{tag}.png",
+    "learning": "learning.png",  # from snapshots.npz: the still picture
+    "learning_gif": "learning.gif",
+    "moved": "weights-moved.png",
+    "saliency": "saliency-{tag}.png",
+    "digit_map": "digit-map.png",
 }
 _CHECKPOINT = "epoch-{n}.weights.h5"  # weights and optimizer state after n epochs
 
@@ -70,6 +75,7 @@ class RunDir:
     REPORT, EPOCH_SECONDS = "report.html", "epoch-seconds.png"
     INSPECT, BACKUP, TENSORBOARD = "inspect", "backup", "tensorboard"
     TRIAL, STARTED = "trial.json", "started.json"  # a sweep trial's settings; origin.py
+    SNAPSHOTS = "snapshots.npz"  # the network as it learned (train.snapshots)
 
     def __init__(self, path: str | Path, *, writer: bool = True, timestamped: bool = False,
                  save_scope: Callable[[], contextlib.AbstractContextManager] =
@@ -244,6 +250,18 @@ class RunDir:
         """evaluation.json, or None if the run was not evaluated yet."""
         return self.read_json(self.EVALUATION) if (self / self.EVALUATION).is_file() else None
 
+    def read_snapshots(self):
+        """The snapshots kept while training (`snapshots.Snapshots`), or None."""
+        from mnist_seq.snapshots import Snapshots
+
+        path = self / self.SNAPSHOTS
+        if not path.is_file():
+            return None
+        try:
+            return Snapshots.from_file(path)
+        except (OSError, ValueError, KeyError) as e:
+            raise MnistSeqError(f"{path}: unreadable ({e})") from None
+
     def read_trial(self) -> dict[str, Any] | None:
         """trial.json (state, settings, validation accuracy) of a sweep's trial, or None."""
         return self.read_json(self.TRIAL) if (self / self.TRIAL).is_file() else None
@@ -267,6 +285,12 @@ class RunDir:
         path = self._target(name)
         if self.writer:
             atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return path
+
+    def write_bytes(self, name: str | Path, data: bytes) -> Path:
+        path = self._target(name)
+        if self.writer:
+            atomic_write(path, lambda tmp: tmp.write_bytes(data))
         return path
 
     def write_json(self, name: str | Path, data: Any) -> Path:

@@ -4,7 +4,9 @@ Built on Starlette (an ASGI toolkit: routing, request bodies, a test client) ser
 uvicorn. The models are loaded once, at start; each request is read in a worker
 thread, one request per model at a time. `POST /api/predict` takes an image file as
 the request body and answers, for every run, its top-3 digits; for an LSTM also the
-probabilities after each row read, for a CNN its first convolution's feature maps.
+probabilities after each row read, for a CNN its first convolution's feature maps; with
+`?explain=1`, for every run with a Keras model, which pixels pushed it towards its answer
+and the runner-up (the page asks for it once a drawing is finished).
 The page (`web/index.html`) uses nothing but that API.
 """
 
@@ -42,6 +44,9 @@ class Reader:
     kind: str
     answer: Callable[[np.ndarray], np.ndarray]
     card: Callable[[np.ndarray], np.ndarray] | None = None
+    # (28x28 uint8 digit, classes) -> each class's saliency map (`saliency.py`); None for
+    # an exported file, which has no gradients.
+    saliency: Callable[[np.ndarray, list[int]], np.ndarray] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -76,12 +81,14 @@ def load_readers(run_dirs: list[str | Path],
         if names.count(name) > 1 and run is not None:  # folders that share a name
             name = f"{run.path.absolute().parent.name}/{run.name}"
         reader = _keras_reader(run, name) if run is not None else _exported_reader(path, name)
-        read_digit([reader], np.zeros((28, 28), np.uint8))  # compile now, not on request 1
+        # Compile now, not on the first request.
+        read_digit([reader], np.zeros((28, 28), np.uint8), explain=True)
         readers.append(reader)
     return readers
 
 
 def _keras_reader(run, name: str) -> Reader:
+    from mnist_seq import saliency
     from mnist_seq.evaluation import fit_input, load_model
     from mnist_seq.kinds import KINDS
 
@@ -89,9 +96,11 @@ def _keras_reader(run, name: str) -> Reader:
     kind = config["model"]["type"]
     model = load_model(run / run.MODEL)
     extra = KINDS[kind].reader(model, config) if KINDS[kind].reader else None
+    grad = saliency.gradient_fn(model)
     return Reader(name, kind, lambda d: np.asarray(model.predict_on_batch(fit_input(model, d))),
                   None if extra is None else
-                  lambda d: np.asarray(extra.predict_on_batch(fit_input(extra, d))))
+                  lambda d: np.asarray(extra.predict_on_batch(fit_input(extra, d))),
+                  lambda d, classes: saliency.integrated_gradients(grad, d, classes))
 
 
 def _exported_reader(path: str | Path, name: str) -> Reader:
@@ -122,8 +131,11 @@ def prepare(body: bytes) -> np.ndarray:
     return to_mnist(load_image(io.BytesIO(body), "the uploaded image"))
 
 
-def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
-    """What every run makes of one 28x28 uint8 digit."""
+def read_digit(readers: list[Reader], digit: np.ndarray, explain: bool = False
+               ) -> dict[str, Any]:
+    """What every run makes of one 28x28 uint8 digit; with `explain`, also which pixels
+    pushed it towards its answer and the runner-up."""
+    from mnist_seq import saliency
     from mnist_seq.kinds import KINDS
 
     runs = []
@@ -131,12 +143,15 @@ def read_digit(readers: list[Reader], digit: np.ndarray) -> dict[str, Any]:
         with r.lock:  # one request at a time per model; other models run meanwhile
             probs = r.answer(digit[None])[0]
             extra = None if r.card is None else r.card(digit[None])[0]
-        order = np.argsort(-probs)[:TOP]
+            order = [int(c) for c in np.argsort(-probs)[:TOP]]
+            maps = r.saliency(digit, order[:2]) if explain and r.saliency else None
         entry = {"name": r.name, "type": r.kind,
-                 "top": [{"class": int(c), "probability": round(float(probs[c]), 5)}
+                 "top": [{"class": c, "probability": round(float(probs[c]), 5)}
                          for c in order]}
         if extra is not None:
             entry |= KINDS[r.kind].card(extra)
+        if maps is not None:
+            entry |= saliency.card(saliency.Saliency(order[:2], [], maps))
         runs.append(entry)
     return {"input": digit.tolist(), "runs": runs}
 
@@ -184,7 +199,8 @@ def make_app(readers: list[Reader], body_seconds: float = BODY_SECONDS):
             return Response(status_code=400)
         try:
             digit = await run_in_threadpool(prepare, bytes(body))
-            return JSONResponse(await run_in_threadpool(read_digit, readers, digit))
+            explain = request.query_params.get("explain") == "1"
+            return JSONResponse(await run_in_threadpool(read_digit, readers, digit, explain))
         except MnistSeqError as e:
             return _error(400, str(e))
 

@@ -118,16 +118,19 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # optimizer updates paid for the MLP and LeNet, 1.14x each (LeNet's Adam state is
     # 1.3M floats that ten or so ops read and write per step otherwise). LSTMs' steps
     # are ruled by many small recurrent ops: not measured, left as they were.
-    one_call = kind.one_call_epochs and tf_cpu
+    # Snapshots after named batches need Keras to stop after every batch.
+    per_batch = tcfg["snapshots"] and kind.snapshot_batches
+    one_call = kind.one_call_epochs and tf_cpu and not per_batch
     fused = kind.fused_updates and tf_cpu and tcfg["optimizer"] in FUSABLE
     # Under TensorFlow's MirroredStrategy, Keras's loop over several steps per call fails
     # in fit (an unfed placeholder in its while loop, Keras 3.15.1); one step per call works.
     mirrored = distributed and backend == "tensorflow"
-    spe = 1 if one_call or mirrored else tcfg["steps_per_execution"]
+    spe = 1 if one_call or mirrored or per_batch else tcfg["steps_per_execution"]
 
     notes = [BACKEND_NAMES.get(backend, backend), f"precision {precision}",
              "each epoch in one call, batches sliced in the graph" if one_call else
-             f"{spe} step{'s' if spe > 1 else ''} per execution",
+             f"{spe} step{'s' if spe > 1 else ''} per execution"
+             + (" (snapshots after named batches)" if per_batch else ""),
              _xla_words(xla, backend)]
     if op_threads:
         intra = op_threads[0]

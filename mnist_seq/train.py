@@ -226,6 +226,8 @@ def fit(s: Session, callbacks=(), verbose: int | None = None) -> Rows:
     guard = cb.Guard(s.run, s.rows)
     every = [guard, cb.HistoryRecorder(s.run, s.rows), cb.BestModel(s.run, s.rows),
              cb.EpochCheckpoint(s.run, s.restore), *callbacks]
+    if tcfg["snapshots"] and s.run.writer:
+        every.insert(1, _snapshot_keeper(s))
     if s.options.tensorboard:
         every.append(keras.callbacks.TensorBoard(log_dir=str(s.run / RunDir.TENSORBOARD)))
     if verbose is None:
@@ -246,6 +248,19 @@ def fit(s: Session, callbacks=(), verbose: int | None = None) -> Rows:
             verbose=verbose if s.run.writer else 0,
         )
     return s.rows
+
+
+def _snapshot_keeper(s: Session):
+    """The callback that keeps snapshots, continuing those a resumed run kept before the
+    epoch it trains again."""
+    from mnist_seq.callbacks import SnapshotKeeper
+    from mnist_seq.kinds import KINDS
+    from mnist_seq.snapshots import Snapshots
+
+    kind = s.config["model"]["type"]
+    kept = s.run.read_snapshots() if s.facts["resumed"] else None
+    kept = kept.up_to(len(s.rows)) if kept else Snapshots(kind, s.data.x_test[0])
+    return SnapshotKeeper(s.run, kept, KINDS[kind].snapshot, KINDS[kind].snapshot_batches)
 
 
 def finish(s: Session, score_test: bool = True) -> dict[str, Any]:

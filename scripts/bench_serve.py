@@ -4,7 +4,9 @@
 
 Starts the server on a free port, then POSTs the same drawn digit (a 280x280 PNG, as
 the page's canvas sends it) one request after another and prints the median, the
-90th percentile and the range in milliseconds.
+90th percentile and the range in milliseconds. With --explain, every other request asks
+for the pixels that decided too (`?explain=1`, as the page does once a drawing is
+finished), and each kind is reported.
 """
 
 from __future__ import annotations
@@ -39,26 +41,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--explain", action="store_true",
+                        help="alternate plain and explained requests")
     args = parser.parse_args()
     port = page.free_port()
     server = page.start_server(args.runs, port)
-    body, times = drawn_seven(), []
+    paths = ["/api/predict", "/api/predict?explain=1"] if args.explain else ["/api/predict"]
+    body, times = drawn_seven(), {path: [] for path in paths}
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port)
-        for _ in range(args.requests + 5):  # the first five warm up
+        for i in range(len(paths) * (args.requests + 5)):  # the first five of each warm up
+            path = paths[i % len(paths)]
             start = time.perf_counter()
-            connection.request("POST", "/api/predict", body=body)
+            connection.request("POST", path, body=body)
             response = connection.getresponse()
             response.read()
             assert response.status == 200, response.status
-            times.append(1000 * (time.perf_counter() - start))
+            times[path].append(1000 * (time.perf_counter() - start))
     finally:
         server.terminate()
         server.wait(timeout=30)
-    times = times[5:]
-    print(f"{args.requests} round trips, {len(args.runs)} runs: median "
-          f"{statistics.median(times):.1f} ms, 90th percentile "
-          f"{np.percentile(times, 90):.1f} ms, range {min(times):.1f}-{max(times):.1f} ms")
+    for path, taken in times.items():
+        taken = taken[5:]
+        print(f"{path}: {args.requests} round trips, {len(args.runs)} runs: median "
+              f"{statistics.median(taken):.1f} ms, 90th percentile "
+              f"{np.percentile(taken, 90):.1f} ms, range {min(taken):.1f}-{max(taken):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,15 @@ def chromium(width: int = 1280, height: int = 1000):
 CARDS = """return [...document.querySelectorAll('.run')].map(c => ({
   type: c.dataset.type, run: c.dataset.run, top1: c.querySelector('.top1').textContent,
   bars: c.querySelectorAll('.bar').length, canvases: c.querySelectorAll('canvas').length,
-  maps: c.querySelectorAll('.maps canvas').length}));"""
+  maps: c.querySelectorAll('.maps canvas').length,
+  saliency: [...c.querySelectorAll('.saliency canvas')].map(x => {
+    const d = x.getContext('2d').getImageData(0, 0, 28, 28).data;
+    let red = 0, blue = 0;  // pixels drawn as pushing towards the class, or against
+    for (let i = 0; i < d.length; i += 4) {
+      if (d[i] > d[i + 2] + 20) red++; else if (d[i + 2] > d[i] + 20) blue++;
+    }
+    return {cls: x.dataset.class, red, blue};
+  })}));"""
 
 
 # The 28x28 digit the page shows it read (its "seen" canvas), as 784 grey levels.

@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 from page import free_port
 from test_cli import assert_one_line_error, run
+from test_learning import expected_steps, steps_of
 from test_robustness import assert_complete_run, wait_for_epochs
+
+from mnist_seq.rundir import RunDir
 
 # 576 training samples: nine full global batches of 64, so no sample is left over
 # however the batch is split.
@@ -118,7 +121,7 @@ def _port_is_free(port: int) -> bool:
 def test_a_killed_process_stops_the_other_and_both_resume(data_dir, tmp_path):
     pytest.importorskip("jax")
     run_dir = tmp_path / "run"
-    common = [*LONGER, "--backend", "jax", "--data-dir", str(data_dir)]
+    common = [*LONGER, "--backend", "jax", "--data-dir", str(data_dir), "--snapshots"]
     p0, p1 = start_pair(free_port(), *common, "--run-dir", str(run_dir))
     wait_for_epochs(run_dir, 1, p0, timeout=240)
     p1.send_signal(signal.SIGKILL)
@@ -139,6 +142,9 @@ def test_a_killed_process_stops_the_other_and_both_resume(data_dir, tmp_path):
     assert all(code == 0 for code, _, _ in results), results
     assert f"Resuming {run_dir} after epoch" in results[0][1]
     assert_complete_run(run_dir, 5)
+    # The snapshots went on where the kill left them, as if nothing had happened.
+    assert RunDir(run_dir).read_snapshots().steps == expected_steps(
+        steps_of(RunDir(run_dir)), 5, batches=True)
 
 
 @pytest.mark.slow
@@ -161,7 +167,8 @@ def test_ctrl_c_stops_a_process_cleanly_and_the_other_with_one_line(data_dir, tm
 
 @pytest.mark.slow
 def test_mirrored_strategy_on_two_logical_cpus(data_dir, tmp_path):
-    common = [*SMALL, "--backend", "tensorflow", "--data-dir", str(data_dir), "--distribute"]
+    common = [*SMALL, "--backend", "tensorflow", "--data-dir", str(data_dir), "--distribute",
+              "--snapshots"]
     results = {}
     for n in (1, 2):
         code, out, err = finish(start(*common, "--cpu-devices", str(n), "--run-dir",
@@ -173,6 +180,11 @@ def test_mirrored_strategy_on_two_logical_cpus(data_dir, tmp_path):
     assert metrics["distributed"]["devices"] == 2
     # Each replica computes half the batch; the averaged gradient is the whole batch's.
     assert_same_weights(tmp_path / "cpus1" / "model.keras", tmp_path / "cpus2" / "model.keras")
+    one, two = (RunDir(tmp_path / f"cpus{n}").read_snapshots() for n in (1, 2))
+    assert one.steps == two.steps == expected_steps(steps_of(RunDir(tmp_path / "cpus2")), 2,
+                                                    batches=True)
+    for a, b in zip(one.values, two.values, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("args, fragment, code", [

@@ -256,7 +256,8 @@ def test_report_is_one_self_contained_html_file(trained_run, data_dir):
     assert result.exit_code == 0, result.output
     page = (trained_run / "report.html").read_text()
     figures = json.loads((trained_run / "evaluation.json").read_text())
-    assert page.count("src='data:image/png;base64,") == 4  # curves, confusion, errors, time
+    # curves, confusion, errors, which pixels decided, the map of digits, time
+    assert page.count("src='data:image/png;base64,") == 6
     assert "http://" not in page and "https://" not in page and "is missing" not in page
     assert f"{figures['accuracy']:.4f}" in page and "samples_per_second" in page
     assert "Per class" in page and "type: mlp" in page

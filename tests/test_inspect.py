@@ -15,11 +15,13 @@ TINY = {
             "{filters: 12, kernel: 3, padding: same, pool: 2}]", "--set", "model.dense=[32]"],
     "mlp": ["--model", "mlp", "--set", "model.hidden=[64]"],
 }
+# Every type also gets which pixels decided and the map of digits (no snapshots here).
+LEARNED = ["saliency-test5.png", "digit-map.png"]
 EXPECTED = {
     "lstm": ["layers.txt", "lstm-reading-test5.png", "lstm-reading-test5.gif",
-             "rows-read-accuracy.png"],
-    "cnn": ["layers.txt", "cnn-filters.png", "cnn-feature-maps-test5.png"],
-    "mlp": ["layers.txt", "mlp-units-test5.png"],
+             "rows-read-accuracy.png", *LEARNED],
+    "cnn": ["layers.txt", "cnn-filters.png", "cnn-feature-maps-test5.png", *LEARNED],
+    "mlp": ["layers.txt", "mlp-units-test5.png", *LEARNED],
 }
 
 
@@ -47,7 +49,8 @@ def valid_image(path: Path) -> Image.Image:
 @pytest.mark.parametrize("kind", sorted(TINY))
 def test_inspect_writes_every_picture(kind, tiny_runs, data_dir):
     run_dir = tiny_runs[kind]
-    result = run("inspect", str(run_dir), "--index", "5", "--data-dir", str(data_dir))
+    result = run("inspect", str(run_dir), "--index", "5", "--data-dir", str(data_dir),
+                 "--map-digits", "300")
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (run_dir / "inspect").iterdir())
     assert written == sorted(EXPECTED[kind])
@@ -74,9 +77,11 @@ def test_inspect_own_image_and_several_lstm_runs(tiny_runs, data_dir, tmp_path):
     digit = 255 - load_mnist(data_dir).x_test[7]
     Image.fromarray(digit).resize((84, 84)).save(tmp_path / "my digit.png")
     result = run("inspect", str(tiny_runs["lstm"]), str(tiny_runs["lstm"]), "--image",
-                 str(tmp_path / "my digit.png"), "--data-dir", str(data_dir))
+                 str(tmp_path / "my digit.png"), "--data-dir", str(data_dir), "--map-digits",
+                 "0")
     assert result.exit_code == 0, result.output
     valid_image(tiny_runs["lstm"] / "inspect" / "lstm-reading-my digit.png")
+    valid_image(tiny_runs["lstm"] / "inspect" / "saliency-my digit.png")
 
 
 def test_inspect_errors(tmp_path, data_dir):

@@ -61,7 +61,9 @@ def test_every_command_on_jax_and_the_same_scores_on_tensorflow(model, data_dir,
     digits = tmp_path / "digits.npy"
     np.save(digits, _test_digits(data_dir))
     jax_probs = _probabilities(jax_cli("predict", str(run_dir), str(digits), "--json").stdout)
-    inspected = jax_cli("inspect", str(run_dir), "--data-dir", str(data_dir)).stdout
+    inspected = jax_cli("inspect", str(run_dir), "--data-dir", str(data_dir), "--map-digits",
+                        "300").stdout
+    assert "saliency-test0.png" in inspected and "digit-map.png" in inspected  # JAX's grad
     assert inspected.count("Wrote ") >= 2 and all(
         Path(line.split("Wrote ", 1)[1]).stat().st_size > 0
         for line in inspected.splitlines() if line.startswith("Wrote "))

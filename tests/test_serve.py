@@ -76,6 +76,24 @@ def test_a_digit_gets_every_runs_answer(client, data_dir):
 
 
 @pytest.mark.slow
+def test_explain_says_which_pixels_decided_and_only_when_asked(client, data_dir):
+    body = digit_png(data_dir)
+    plain = client.post("/api/predict", content=body).json()
+    assert all("saliency" not in r for r in plain["runs"])  # reading as you draw: no maps
+    explained = client.post("/api/predict?explain=1", content=body).json()
+    digit = np.array(explained["input"])
+    for entry, before in zip(explained["runs"], plain["runs"], strict=True):
+        assert entry["top"] == before["top"]
+        top = [t["class"] for t in entry["top"][:2]]
+        assert entry["saliency"]["classes"] == top
+        maps = np.array(entry["saliency"]["maps"])
+        assert maps.shape == (2, 28, 28) and np.abs(maps).max() == 100
+        # Integrated gradients from a black image: a black pixel pushed nothing.
+        assert not maps[:, digit == 0].any()
+        assert maps[0].sum() > 0  # the answer's pixels, on the whole, pushed for it
+
+
+@pytest.mark.slow
 def test_the_api_sees_what_predict_sees(client, two_runs, data_dir, tmp_path):
     """The same preprocessing and figures as `mnist-seq predict`."""
     from mnist_seq.predict import load_image, predict_files, to_mnist
@@ -193,6 +211,9 @@ def test_a_digit_drawn_in_chromium_is_read_by_every_run(two_runs):
             assert card["bars"] == 3
         assert cards[0]["canvases"]  # the rows chart
         assert cards[1]["maps"]  # feature maps
+        for card in cards:  # the finished drawing's pixels that decided, answer first
+            assert [s["cls"] for s in card["saliency"]][:1] == [card["top1"]], card
+            assert len(card["saliency"]) == 2 and card["saliency"][0]["red"] > 10, card
         assert browser.find_element(By.ID, "status").text == ""  # no error shown
         browser.find_element(By.ID, "clear").click()
         assert not browser.find_elements(By.CSS_SELECTOR, ".run")

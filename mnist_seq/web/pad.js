@@ -1,10 +1,13 @@
 "use strict";
 // The drawing pad and the run cards, shared by serve's page and the page that
 // `mnist-seq export --format web` writes. Each page's reader.js defines
-// readDigit(source): the pad's canvas or an uploaded File -> {input: 28x28, runs: [...]}.
+// readDigit(source, explain): the pad's canvas or an uploaded File -> {input: 28x28,
+// runs: [...]}; `explain` (a finished drawing) asks for the pixels that decided, where
+// the page's reader can give them.
 const pad = document.getElementById("draw"), ctx = pad.getContext("2d");
 const status = document.getElementById("status");
 let strokes = [], current = null, pending = null, busy = false, timer = null;
+let pendingExplain = false;
 let generation = 0;  // a clear starts a new one: answers to older drawings are dropped
 
 function redraw() {
@@ -22,37 +25,78 @@ function point(e) {
   return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
 }
 pad.addEventListener("pointerdown", e => {
-  pad.setPointerCapture(e.pointerId); current = [point(e)]; strokes.push(current); redraw();
+  pad.setPointerCapture(e.pointerId); current = [point(e)]; strokes.push(current); // Which pixels pushed the answer towards each class (red) or away (blue), over the digit.
+function saliencyMaps(saliency, input) {
+  const row = el("div", {class: "answer saliency"});
+  saliency.maps.forEach((map, k) => {
+    const c = el("canvas", {class: "pixels", width: 28, height: 28, "data-class": saliency.classes[k],
+                            style: "width:84px;height:84px"});
+    const g = c.getContext("2d"), img = g.createImageData(28, 28);
+    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
+      const i = 4 * (y * 28 + x), v = map[y][x] / 100, base = 255 - 0.35 * input[y][x];
+      img.data[i] = v < 0 ? base * (1 + v) : base;
+      img.data[i + 1] = base * (1 - Math.abs(v));
+      img.data[i + 2] = v > 0 ? base * (1 - v) : base;
+      img.data[i + 3] = 255;
+    }
+    g.putImageData(img, 0, 0);
+    const label = k === 0 ? `towards ${saliency.classes[0]}` : `towards ${saliency.classes[1]} (runner-up)`;
+    row.append(el("figure", {}, c, el("figcaption", {}, label)));
+  });
+  return [el("div", {class: "note"}, "The pixels that decided: red pushed towards the digit, blue against:"), row];
+}
+redraw();
 });
 pad.addEventListener("pointermove", e => {
   if (!current) return;
-  current.push(point(e)); redraw();
+  current.push(point(e)); // Which pixels pushed the answer towards each class (red) or away (blue), over the digit.
+function saliencyMaps(saliency, input) {
+  const row = el("div", {class: "answer saliency"});
+  saliency.maps.forEach((map, k) => {
+    const c = el("canvas", {class: "pixels", width: 28, height: 28, "data-class": saliency.classes[k],
+                            style: "width:84px;height:84px"});
+    const g = c.getContext("2d"), img = g.createImageData(28, 28);
+    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
+      const i = 4 * (y * 28 + x), v = map[y][x] / 100, base = 255 - 0.35 * input[y][x];
+      img.data[i] = v < 0 ? base * (1 + v) : base;
+      img.data[i + 1] = base * (1 - Math.abs(v));
+      img.data[i + 2] = v > 0 ? base * (1 - v) : base;
+      img.data[i + 3] = 255;
+    }
+    g.putImageData(img, 0, 0);
+    const label = k === 0 ? `towards ${saliency.classes[0]}` : `towards ${saliency.classes[1]} (runner-up)`;
+    row.append(el("figure", {}, c, el("figcaption", {}, label)));
+  });
+  return [el("div", {class: "note"}, "The pixels that decided: red pushed towards the digit, blue against:"), row];
+}
+redraw();
   if (!timer) timer = setTimeout(() => { timer = null; send(); }, 150);  // read as you draw
 });
 for (const end of ["pointerup", "pointercancel"]) pad.addEventListener(end, () => {
   // The drawing is done: one last read of all of it, none left over from the moves.
-  if (current) { current = null; clearTimeout(timer); timer = null; send(); }
+  if (current) { current = null; clearTimeout(timer); timer = null; send(true); }
 });
 document.getElementById("clear").onclick = () => {
   strokes = []; pending = null; generation++; redraw(); clearResults();
 };
-document.getElementById("undo").onclick = () => { strokes.pop(); redraw(); strokes.length ? send() : clearResults(); };
+document.getElementById("undo").onclick = () => { strokes.pop(); redraw(); strokes.length ? send(true) : clearResults(); };
 document.getElementById("upload").onchange = e => {
   const file = e.target.files[0]; e.target.value = "";
-  if (file) { strokes = []; redraw(); read(file); }
+  if (file) { strokes = []; redraw(); read(file, true); }
 };
 
-function send() {
+function send(explain = false) {
   if (!strokes.length) return;
   document.body.dataset.busy = "1";  // from now, not from when the digit is read
-  read(pad);
+  read(pad, explain);
 }
-async function read(source) {
-  if (busy) { pending = source; return; }   // keep only the latest drawing while one is read
+async function read(source, explain = false) {
+  // Keep only the latest drawing while one is read (explained if any waiting one was).
+  if (busy) { pending = source; pendingExplain = pendingExplain || explain; return; }
   busy = true; document.body.dataset.busy = "1";
   const asked = generation;
   try {
-    const data = await readDigit(source);
+    const data = await readDigit(source, explain);
     if (asked !== generation) return;  // cleared meanwhile
     status.className = ""; status.textContent = "";
     show(data);
@@ -61,7 +105,7 @@ async function read(source) {
     status.className = "error"; status.textContent = "Error: " + err.message;
   } finally {
     busy = false;
-    if (pending) { const s = pending; pending = null; read(s); }
+    if (pending) { const s = pending, e = pendingExplain; pending = null; pendingExplain = false; read(s, e); }
     else document.body.dataset.busy = "0";
   }
 }
@@ -100,6 +144,7 @@ function show(data) {
     card.append(el("div", {class: "answer"}, el("div", {class: "top1"}, String(run.top[0].class)), bars));
     if (run.rows) card.append(...rowsChart(run.rows, data.input));
     if (run.feature_maps) card.append(...featureMaps(run.feature_maps));
+    if (run.saliency) card.append(...saliencyMaps(run.saliency, data.input));
     box.append(card);
   }
 }
@@ -149,5 +194,25 @@ function featureMaps(maps) {
     paint(c, image, false); grid.append(c);
   }
   return [el("div", {class: "note"}, `The first convolution's ${n} feature maps (depth ${n}: one per filter), ${h}x${w} each:`), grid];
+}
+// Which pixels pushed the answer towards each class (red) or away (blue), over the digit.
+function saliencyMaps(saliency, input) {
+  const row = el("div", {class: "answer saliency"});
+  saliency.maps.forEach((map, k) => {
+    const c = el("canvas", {class: "pixels", width: 28, height: 28, "data-class": saliency.classes[k],
+                            style: "width:84px;height:84px"});
+    const g = c.getContext("2d"), img = g.createImageData(28, 28);
+    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
+      const i = 4 * (y * 28 + x), v = map[y][x] / 100, base = 255 - 0.35 * input[y][x];
+      img.data[i] = v < 0 ? base * (1 + v) : base;
+      img.data[i + 1] = base * (1 - Math.abs(v));
+      img.data[i + 2] = v > 0 ? base * (1 - v) : base;
+      img.data[i + 3] = 255;
+    }
+    g.putImageData(img, 0, 0);
+    const label = k === 0 ? `towards ${saliency.classes[0]}` : `towards ${saliency.classes[1]} (runner-up)`;
+    row.append(el("figure", {}, c, el("figcaption", {}, label)));
+  });
+  return [el("div", {class: "note"}, "The pixels that decided: red pushed towards the digit, blue against:"), row];
 }
 redraw();
