@@ -216,7 +216,7 @@ def inspect(ctx: click.Context, run_dirs, index, image, data_dir, map_digits) ->
     if index is not None and image is not None:
         raise ConfigError("give --index or --image, not both")
     for path in inspect_runs(list(run_dirs), index, image, _options(ctx, data_dir=data_dir),
-                             map_digits):
+                             map_digits, log=click.echo):
         click.echo(f"Wrote {path}")
 
 

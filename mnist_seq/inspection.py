@@ -18,10 +18,10 @@ from mnist_seq.rundir import RunDir
 def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
                  image: str | Path | None = None,
                  options: RuntimeOptions = DEFAULT_OPTIONS,
-                 map_digits: int = digit_map.DIGITS) -> list[Path]:
+                 map_digits: int = digit_map.DIGITS, log=print) -> list[Path]:
     """Write the pictures for the first run (and the rows-read curve for every LSTM run
     given) into RUN_DIR/inspect/; return the files written. `map_digits`: how many test
-    digits the map of digits shows (0: no map)."""
+    digits the map of digits shows (0: no map); `log` says what takes a while."""
     runs = [RunDir(r).require_finished() for r in run_dirs]
     configs = [r.read_config() for r in runs]  # every one checked before the data loads
     run, config = runs[0], configs[0]
@@ -46,11 +46,12 @@ def inspect_runs(run_dirs: list[str | Path], index: int | None = None,
     others = [(r.name, load_model(r / RunDir.MODEL), c)
               for r, c in zip(runs[1:], configs[1:], strict=True)]
     shown = explain.Shown(run, config, model, digit, tag, title, data, others)
-    return written + KINDS[config["model"]["type"]].pictures(shown) + learned(shown,
-                                                                               map_digits)
+    return written + KINDS[config["model"]["type"]].pictures(shown) + learned(
+        shown, map_digits, log)
 
 
-def learned(shown: explain.Shown, map_digits: int = digit_map.DIGITS) -> list[Path]:
+def learned(shown: explain.Shown, map_digits: int = digit_map.DIGITS,
+            log=print) -> list[Path]:
     """What training did, for every model type: the snapshots' pictures (where the run
     kept them), which pixels decided the digit, and the map of `map_digits` test digits
     (none for 0)."""
@@ -64,6 +65,8 @@ def learned(shown: explain.Shown, map_digits: int = digit_map.DIGITS) -> list[Pa
                                    run.inspect_file("saliency", shown.tag)))
     if map_digits:
         images = shown.test.x_test[:map_digits]
+        log(f"Mapping {len(images):,} test digits ({', '.join(digit_map.projections())}), "
+            "from the initial and the trained weights")
         maps = digit_map.digit_maps(shown.model, explain.initial_model(run, shown.config),
                                     images, shown.test.y_test[:map_digits],
                                     seed=shown.config["train"]["seed"])

@@ -1,5 +1,6 @@
 """Regenerate the README's pictures (scripts/figures/) from full runs made by
-scripts/train_all.sh, plus a one-epoch CNN run that keeps its initial weights.
+scripts/train_all.sh, plus a one-epoch CNN run that keeps its initial weights and a
+`cnn` and an `lstm-fast` run that keep snapshots as they learn.
 
     python scripts/make_figures.py [RUNS_ROOT]   (needs MNIST_SEQ_DATA or the Keras cache)
 """
@@ -15,6 +16,8 @@ root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/final")
 out = Path(__file__).parent / "figures"
 out.mkdir(exist_ok=True)
 cnn = Path("runs/figures-cnn-1epoch")
+learning = {"cnn": Path("runs/figures-cnn-snapshots"),
+            "lstm-fast": Path("runs/figures-lstm-fast-snapshots")}
 
 
 def mnist_seq(*args: str) -> None:
@@ -23,12 +26,27 @@ def mnist_seq(*args: str) -> None:
 
 if not cnn.is_dir():
     mnist_seq("train", "--model", "cnn", "--epochs", "1", "--run-dir", str(cnn))
+for config, folder in learning.items():
+    if not folder.is_dir():
+        mnist_seq("train", "--model", config, "--snapshots", "--run-dir", str(folder))
+    mnist_seq("inspect", str(folder), "--index", "3")
 mnist_seq("inspect", str(root / "lstm"), str(root / "lstm-single"), "--index", "3")
 mnist_seq("inspect", str(cnn), "--index", "3")
 mnist_seq("inspect", str(root / "mlp"), "--index", "3")
 mnist_seq("evaluate", str(root / "cnn"))
 lstm, cnn_run, mlp = RunDir(root / "lstm"), RunDir(cnn), RunDir(root / "mlp")
+cnn_learning, lstm_learning = RunDir(learning["cnn"]), RunDir(learning["lstm-fast"])
 copies = {
+    cnn_learning.inspect_file("learning"): "cnn-learning.png",
+    cnn_learning.inspect_file("learning_gif"): "cnn-learning.gif",
+    cnn_learning.inspect_file("moved"): "cnn-weights-moved.png",
+    cnn_learning.inspect_file("saliency", "test3"): "cnn-saliency-test3.png",
+    cnn_learning.inspect_file("digit_map"): "cnn-digit-map.png",
+    lstm_learning.inspect_file("learning"): "lstm-learning.png",
+    lstm_learning.inspect_file("saliency", "test3"): "lstm-saliency-test3.png",
+    lstm_learning.inspect_file("digit_map"): "lstm-digit-map.png",
+    mlp.inspect_file("saliency", "test3"): "mlp-saliency-test3.png",
+    mlp.inspect_file("digit_map"): "mlp-digit-map.png",
     lstm / RunDir.CURVES: "lstm-curves.png",
     lstm.inspect_file("lstm_reading", "test3"): None,
     lstm.inspect_file("lstm_gif", "test3"): None,

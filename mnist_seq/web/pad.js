@@ -33,7 +33,9 @@ function saliencyMaps(saliency, input) {
                             style: "width:84px;height:84px"});
     const g = c.getContext("2d"), img = g.createImageData(28, 28);
     for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-      const i = 4 * (y * 28 + x), v = map[y][x] / 100, base = 255 - 0.35 * input[y][x];
+      // The square root lifts the many small pushes beside the few large ones.
+      const m = map[y][x] / 100, v = Math.sign(m) * Math.sqrt(Math.abs(m));
+      const i = 4 * (y * 28 + x), base = 255 - 0.35 * input[y][x];
       img.data[i] = v < 0 ? base * (1 + v) : base;
       img.data[i + 1] = base * (1 - Math.abs(v));
       img.data[i + 2] = v > 0 ? base * (1 - v) : base;
@@ -57,7 +59,9 @@ function saliencyMaps(saliency, input) {
                             style: "width:84px;height:84px"});
     const g = c.getContext("2d"), img = g.createImageData(28, 28);
     for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-      const i = 4 * (y * 28 + x), v = map[y][x] / 100, base = 255 - 0.35 * input[y][x];
+      // The square root lifts the many small pushes beside the few large ones.
+      const m = map[y][x] / 100, v = Math.sign(m) * Math.sqrt(Math.abs(m));
+      const i = 4 * (y * 28 + x), base = 255 - 0.35 * input[y][x];
       img.data[i] = v < 0 ? base * (1 + v) : base;
       img.data[i + 1] = base * (1 - Math.abs(v));
       img.data[i + 2] = v > 0 ? base * (1 - v) : base;
@@ -203,7 +207,9 @@ function saliencyMaps(saliency, input) {
                             style: "width:84px;height:84px"});
     const g = c.getContext("2d"), img = g.createImageData(28, 28);
     for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-      const i = 4 * (y * 28 + x), v = map[y][x] / 100, base = 255 - 0.35 * input[y][x];
+      // The square root lifts the many small pushes beside the few large ones.
+      const m = map[y][x] / 100, v = Math.sign(m) * Math.sqrt(Math.abs(m));
+      const i = 4 * (y * 28 + x), base = 255 - 0.35 * input[y][x];
       img.data[i] = v < 0 ? base * (1 + v) : base;
       img.data[i + 1] = base * (1 - Math.abs(v));
       img.data[i + 2] = v > 0 ? base * (1 - v) : base;
