@@ -116,13 +116,14 @@ def _create_or_load(storage: str, engine_kwargs: dict, name: str, sampler, prune
     import optuna
     import sqlalchemy.exc
 
-    beats = {} if heartbeat is None else {
-        "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback()}
     for attempt in range(3):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental"
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                beats = {} if heartbeat is None else {
+                    "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                    "heartbeat_stale_trial_callback":
+                        optuna.storages.RetryHeartbeatStaleTrialCallback()}
                 rdb = optuna.storages.RDBStorage(storage, engine_kwargs=engine_kwargs, **beats)
             return optuna.create_study(storage=rdb, study_name=name, sampler=sampler,
                                        pruner=pruner, direction="maximize", load_if_exists=True)

@@ -25,55 +25,11 @@ function point(e) {
   return [(e.clientX - r.left) * pad.width / r.width, (e.clientY - r.top) * pad.height / r.height];
 }
 pad.addEventListener("pointerdown", e => {
-  pad.setPointerCapture(e.pointerId); current = [point(e)]; strokes.push(current); // Which pixels pushed the answer towards each class (red) or away (blue), over the digit.
-function saliencyMaps(saliency, input) {
-  const row = el("div", {class: "answer saliency"});
-  saliency.maps.forEach((map, k) => {
-    const c = el("canvas", {class: "pixels", width: 28, height: 28, "data-class": saliency.classes[k],
-                            style: "width:84px;height:84px"});
-    const g = c.getContext("2d"), img = g.createImageData(28, 28);
-    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-      // The square root lifts the many small pushes beside the few large ones.
-      const m = map[y][x] / 100, v = Math.sign(m) * Math.sqrt(Math.abs(m));
-      const i = 4 * (y * 28 + x), base = 255 - 0.35 * input[y][x];
-      img.data[i] = v < 0 ? base * (1 + v) : base;
-      img.data[i + 1] = base * (1 - Math.abs(v));
-      img.data[i + 2] = v > 0 ? base * (1 - v) : base;
-      img.data[i + 3] = 255;
-    }
-    g.putImageData(img, 0, 0);
-    const label = k === 0 ? `towards ${saliency.classes[0]}` : `towards ${saliency.classes[1]} (runner-up)`;
-    row.append(el("figure", {}, c, el("figcaption", {}, label)));
-  });
-  return [el("div", {class: "note"}, "The pixels that decided: red pushed towards the digit, blue against:"), row];
-}
-redraw();
+  pad.setPointerCapture(e.pointerId); current = [point(e)]; strokes.push(current); redraw();
 });
 pad.addEventListener("pointermove", e => {
   if (!current) return;
-  current.push(point(e)); // Which pixels pushed the answer towards each class (red) or away (blue), over the digit.
-function saliencyMaps(saliency, input) {
-  const row = el("div", {class: "answer saliency"});
-  saliency.maps.forEach((map, k) => {
-    const c = el("canvas", {class: "pixels", width: 28, height: 28, "data-class": saliency.classes[k],
-                            style: "width:84px;height:84px"});
-    const g = c.getContext("2d"), img = g.createImageData(28, 28);
-    for (let y = 0; y < 28; y++) for (let x = 0; x < 28; x++) {
-      // The square root lifts the many small pushes beside the few large ones.
-      const m = map[y][x] / 100, v = Math.sign(m) * Math.sqrt(Math.abs(m));
-      const i = 4 * (y * 28 + x), base = 255 - 0.35 * input[y][x];
-      img.data[i] = v < 0 ? base * (1 + v) : base;
-      img.data[i + 1] = base * (1 - Math.abs(v));
-      img.data[i + 2] = v > 0 ? base * (1 - v) : base;
-      img.data[i + 3] = 255;
-    }
-    g.putImageData(img, 0, 0);
-    const label = k === 0 ? `towards ${saliency.classes[0]}` : `towards ${saliency.classes[1]} (runner-up)`;
-    row.append(el("figure", {}, c, el("figcaption", {}, label)));
-  });
-  return [el("div", {class: "note"}, "The pixels that decided: red pushed towards the digit, blue against:"), row];
-}
-redraw();
+  current.push(point(e)); redraw();
   if (!timer) timer = setTimeout(() => { timer = null; send(); }, 150);  // read as you draw
 });
 for (const end of ["pointerup", "pointercancel"]) pad.addEventListener(end, () => {
