@@ -17,7 +17,8 @@ from mnist_seq.errors import MnistSeqError, first_line
 
 # The extras and the packages that make each one installed.
 EXTRAS = {"jax": ("jax",), "sweep": ("optuna",), "serve": ("starlette", "uvicorn"),
-          "tensorboard": ("tensorboard",)}
+          "tensorboard": ("tensorboard",), "export": ("tf2onnx", "onnx"),
+          "runtime": ("onnxruntime", "ai-edge-litert"), "map": ("scikit-learn",)}
 TENSORFLOW = ("tensorflow", "tensorflow-cpu")
 # Run in a process of its own: Keras, once imported here, stays on TensorFlow.
 JAX_GPUS = ("import json, jax; print(json.dumps([d.device_kind for d in jax.devices() "

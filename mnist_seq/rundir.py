@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,9 @@ class RunDir:
             return None
         try:
             return Snapshots.from_file(path)
-        except (OSError, ValueError, KeyError) as e:
-            raise MnistSeqError(f"{path}: unreadable ({e})") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise MnistSeqError(f"{path}: unreadable ({e}); remove it to go on without the "
+                                "snapshots kept so far") from None
 
     def read_trial(self) -> dict[str, Any] | None:
         """trial.json (state, settings, validation accuracy) of a sweep's trial, or None."""

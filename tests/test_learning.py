@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import run
+from test_cli import assert_one_line_error, run
 from test_inspect import TINY
 from test_robustness import Output, wait_for_epochs
 
@@ -244,3 +244,16 @@ def test_every_picture_has_its_panels():
                      (labels + (np.arange(50) < 3)) % 10) for name in ("PCA", "t-SNE")]
     figure = learning.digit_map_picture(maps, np.zeros((50, 28, 28)), "t")
     assert len(figure.axes) == 2 * (2 + 3)  # two maps and three mistakes, per projection
+
+
+@pytest.mark.slow
+def test_damaged_snapshots_are_one_line_that_says_what_to_do(snapshot_runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "cnn"
+    shutil.copytree(snapshot_runs["cnn"].path, copy)
+    (copy / RunDir.SNAPSHOTS).write_bytes(b"PK\x03\x04 not a whole zip")
+    assert_one_line_error(run("inspect", str(copy), "--map-digits", "0"),
+                          "snapshots.npz: unreadable")
+    assert "remove it to go on" in run("inspect", str(copy)).output
+    assert (copy / RunDir.SNAPSHOTS).read_bytes().startswith(b"PK")  # left as it was
