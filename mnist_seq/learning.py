@@ -15,7 +15,7 @@ from mnist_seq.rundir import RunDir
 from mnist_seq.snapshots import Snapshots
 
 COLOURS = "tab10"
-MISTAKES_SHOWN = 8
+MISTAKES_SHOWN = 8  # a projection
 
 
 def _weights_in(snapshots: Snapshots) -> str:
@@ -178,7 +178,9 @@ def digit_map_picture(maps: list, images: np.ndarray, title: str):
                 ax.scatter(xy[wrong, 0], xy[wrong, 1], facecolors="none", edgecolors="black",
                            s=30, lw=0.8)
             ax.set_title(f"{m.method}, {name}", fontsize=9)
-        _mistakes(fig, grid[row, 2], images, m, wrong)
+    # The same mistakes under every projection: drawn once, beside them all.
+    wrong = np.flatnonzero(maps[0].predicted != maps[0].labels)
+    _mistakes(fig, grid[:, 2], images, maps[0], wrong[:MISTAKES_SHOWN * len(maps)])
     handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(d), label=str(d))
                for d in range(10)]
     handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", mec="black",
@@ -189,8 +191,7 @@ def digit_map_picture(maps: list, images: np.ndarray, title: str):
     return fig
 
 
-def _mistakes(fig, cell, images: np.ndarray, m, wrong: np.ndarray) -> None:
-    shown = wrong[:MISTAKES_SHOWN]
+def _mistakes(fig, cell, images: np.ndarray, m, shown: np.ndarray) -> None:
     sub = cell.subgridspec(max(1, -(-len(shown) // 2)), 2)
     for k, i in enumerate(shown):
         ax = fig.add_subplot(sub[k // 2, k % 2])

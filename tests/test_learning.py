@@ -243,7 +243,7 @@ def test_every_picture_has_its_panels():
     maps = [DigitMap(name, rng.normal(size=(50, 2)), rng.normal(size=(50, 2)), labels,
                      (labels + (np.arange(50) < 3)) % 10) for name in ("PCA", "t-SNE")]
     figure = learning.digit_map_picture(maps, np.zeros((50, 28, 28)), "t")
-    assert len(figure.axes) == 2 * (2 + 3)  # two maps and three mistakes, per projection
+    assert len(figure.axes) == 2 * 2 + 3  # two maps per projection, the three mistakes once
 
 
 @pytest.mark.slow
