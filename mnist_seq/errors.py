@@ -29,11 +29,12 @@ class RunDirError(MnistSeqError):
 
 
 class WriteError(MnistSeqError):
-    """A file could not be written (a full disk, no permission); `path` names it."""
+    """A file could not be written (a full disk, no permission); `path` names it, `what`
+    says which and why, and `hint` (added by whoever knows) what to do next."""
 
-    def __init__(self, message: str, path=None):
-        super().__init__(message)
-        self.path = path
+    def __init__(self, what: str, path=None, hint: str = ""):
+        super().__init__(f"{what}; {hint}" if hint else what)
+        self.what, self.path = what, path
 
 
 class TrainingInterrupted(MnistSeqError):

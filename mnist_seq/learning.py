@@ -23,10 +23,16 @@ def _weights_in(snapshots: Snapshots) -> str:
             else "first-layer units' input weights")
 
 
+def _on_one_scale(snapshots: Snapshots) -> tuple[np.ndarray, np.ndarray]:
+    """The kept weights, (snapshots, filters, h, w), and each filter's largest value over
+    all of them: one colour scale per filter throughout, so its changes show."""
+    values = np.stack(snapshots.values)
+    return values, np.abs(values).max(axis=(0, 2, 3)) + 1e-12
+
+
 def weights_still(snapshots: Snapshots, title: str):
     """Every kept set of weights, one row each, every filter to one scale across rows."""
-    values = np.stack(snapshots.values)  # (snapshots, filters, h, w)
-    limits = np.abs(values).max(axis=(0, 2, 3)) + 1e-12  # one scale per filter
+    values, limits = _on_one_scale(snapshots)
     n_rows, n_cols = values.shape[:2]
     plt = pyplot()
     fig, axes = plt.subplots(n_rows, n_cols, squeeze=False,
@@ -49,8 +55,7 @@ def weights_frames(snapshots: Snapshots, title: str) -> list:
     """Animation frames: the weights after each kept batch, labelled."""
     from PIL import Image
 
-    values = np.stack(snapshots.values)
-    limits = np.abs(values).max(axis=(0, 2, 3)) + 1e-12
+    values, limits = _on_one_scale(snapshots)
     n = values.shape[1]
     cols = min(n, 8)
     rows = -(-n // cols)

@@ -108,8 +108,8 @@ def occlusion(model, digit: np.ndarray, target: int, patch: int = 4) -> np.ndarr
     return np.kron(fall, np.ones((patch, patch))) / patch**2
 
 
-def card(saliency: Saliency) -> dict:
-    """serve's card: each map scaled to -100..100 by the largest push in either map."""
-    scale = float(np.abs(saliency.maps).max()) or 1.0
-    return {"saliency": {"classes": saliency.classes,
-                         "maps": np.round(100 * saliency.maps / scale).astype(int).tolist()}}
+def card(classes: list[int], maps: np.ndarray) -> dict:
+    """serve's card: each class's map scaled to -100..100 by the largest push in any."""
+    scale = float(np.abs(maps).max()) or 1.0
+    return {"saliency": {"classes": classes,
+                         "maps": np.round(100 * maps / scale).astype(int).tolist()}}

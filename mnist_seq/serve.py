@@ -151,7 +151,7 @@ def read_digit(readers: list[Reader], digit: np.ndarray, explain: bool = False
         if extra is not None:
             entry |= KINDS[r.kind].card(extra)
         if maps is not None:
-            entry |= saliency.card(saliency.Saliency(order[:2], [], maps))
+            entry |= saliency.card(order[:2], maps)
         runs.append(entry)
     return {"input": digit.tolist(), "runs": runs}
 

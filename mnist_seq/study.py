@@ -99,10 +99,15 @@ def storage_failure(e: BaseException, storage: str) -> MnistSeqError | None:
     """A database error met while the sweep runs (a full disk, a server gone) as one line,
     or None for any other error. The trial in progress stays running in the study, and the
     next command continues it."""
-    if not e.__class__.__module__.startswith("sqlalchemy"):
+    if not from_storage(e):
         return None
     return MnistSeqError(f"the study storage {safe_url(storage)} failed: {_reason(e)}; "
                          "finished trials are kept: run the same command again to continue")
+
+
+def from_storage(e: BaseException) -> bool:
+    """Whether the study's database raised `e` (SQLAlchemy's errors)."""
+    return e.__class__.__module__.startswith("sqlalchemy")
 
 
 def _reason(e: BaseException) -> str:

@@ -343,8 +343,8 @@ def train_and_evaluate(config: dict[str, Any], run: RunDir,
             fit(session, callbacks, verbose)
             finish(session, score_test)
     except WriteError as e:  # a full disk: what was written is whole, and resumes
-        raise WriteError(f"{e}; the finished epochs are kept: make room, then resume with: "
-                         f"mnist-seq train --resume {session.run.path}", e.path) from None
+        raise WriteError(e.what, e.path, "the finished epochs are kept: make room, then "
+                         f"resume with: mnist-seq train --resume {session.run.path}") from None
     session.cluster.close()
     return session
 

@@ -119,8 +119,8 @@ def _stopped(study, trial, e: BaseException, mark: Callable, log: Callable[[str]
         mark("interrupted", "stopped by Ctrl-C; the same command continues it")
         raise SweepInterrupted(INTERRUPTED) from None
     elif isinstance(e, WriteError):  # a full disk: the trial continues once there is room
-        raise MnistSeqError(f"trial {trial.number}: {str(e).split('; ')[0]}; {KEPT}") from None
-    elif studies.storage_failure(e, "") is not None:
+        raise MnistSeqError(f"trial {trial.number}: {e.what}; {KEPT}") from None
+    elif studies.from_storage(e):
         raise e  # the study cannot be told: the trial stays running, to be continued
     else:
         studies.fail(study, trial, f"{e.__class__.__name__}: {e}")
