@@ -149,3 +149,22 @@ def build_model(model_cfg: dict[str, Any], unroll: bool = False):
 
     `unroll` applies to LSTMs only (see build_lstm)."""
     return BUILDERS[model_cfg["type"]](model_cfg, unroll=unroll)
+
+
+
+def build_state(model, optimizer: bool = True) -> None:
+    """Create a compiled model's metric variables, and its optimizer's unless told not
+    to, now. Keras on TensorFlow without a distribution strategy creates them while
+    tracing the first step, and `tf.function` then traces that step a second time (a
+    traced step may not create variables): the unrolled LSTM's training step took
+    about 3 s to trace, twice (docs/performance.md). Keras's own remedy, a symbolic
+    call of the model, costs the unrolled LSTM a second of tracing itself; neither
+    the optimizer nor the metrics need the model called."""
+    import numpy as np
+
+    if optimizer and model.optimizer is not None:
+        model.optimizer.build(model.trainable_variables)
+    # One label and a flat answer, to give the metrics their shapes; then forgotten.
+    model.compute_metrics(None, np.zeros((1,), "int32"),
+                          np.full((1, NUM_CLASSES), 1 / NUM_CLASSES, "float32"))
+    model.reset_metrics()

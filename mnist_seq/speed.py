@@ -39,7 +39,7 @@ class Machine:
 @dataclass(frozen=True)
 class SpeedPlan:
     precision: str  # Keras dtype policy
-    unroll: bool  # LSTMs written out over the 28 rows
+    unroll: bool  # LSTMs written out over the 28 rows when training
     jit_compile: bool | str  # XLA: True, False, or "auto" (Keras decides)
     steps_per_execution: int
     op_threads: tuple[int, int] | None  # (intra, inter) for TensorFlow, None: its default
@@ -155,8 +155,9 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
 
 def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool) -> str:
     if not machine.gpu:
-        how = "unrolled over" if unroll else "Keras's loop over"
-        return f"LSTM kernel: generic, {how} the 28 rows (CPU; cuDNN needs a GPU)"
+        how = "unrolled over the 28 rows for training" if unroll else \
+            "Keras's loop over the 28 rows"
+        return f"LSTM kernel: generic, {how} (CPU; cuDNN needs a GPU)"
     if mcfg["recurrent_dropout"]:
         return "LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN"
     return "LSTM kernel: cuDNN (tanh/sigmoid, no recurrent dropout, not unrolled)"
@@ -185,12 +186,14 @@ def apply_before_build(plan: SpeedPlan) -> list[str]:
 
 
 def apply_to_model(plan: SpeedPlan, model) -> list[str]:
-    """Carry out the parts of the plan that change a compiled model (fused updates).
-    Returns notes on what could not be done."""
-    if not plan.fused_updates:
-        return []
+    """Carry out the parts of the plan that change a compiled model (LSTMs unrolled for
+    training, fused updates). Returns notes on what could not be done."""
     from mnist_seq import tf_speed
 
+    if plan.unroll:
+        tf_speed.unroll_for_training(model)
+    if not plan.fused_updates:
+        return []
     if tf_speed.fuse_optimizer_updates(model.optimizer, model.trainable_variables):
         return []
     return ["fused optimizer updates skipped: this Keras release lacks the optimizer slots "

@@ -32,7 +32,7 @@ from mnist_seq import backend, distribute, origin, speed
 from mnist_seq.config import OPTIMIZERS
 from mnist_seq.data import load_mnist, split_train_val, to_float
 from mnist_seq.errors import ConfigError, MnistSeqError, WriteError
-from mnist_seq.models import build_model
+from mnist_seq.models import build_model, build_state
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.rundir import Rows, RunDir, best_epoch
 
@@ -87,7 +87,7 @@ def make_optimizer(train_cfg: dict[str, Any], steps_per_epoch: int):
 def compile_model(config: dict[str, Any], train_samples: int, plan: speed.SpeedPlan | None = None):
     """Build and compile the model a config describes, as the speed plan says (Keras's
     defaults without one)."""
-    model = build_model(config["model"], unroll=plan.unroll if plan else False)
+    model = build_model(config["model"])
     steps = math.ceil(train_samples / config["train"]["batch_size"])
     model.compile(
         optimizer=make_optimizer(config["train"], steps),
@@ -97,6 +97,7 @@ def compile_model(config: dict[str, Any], train_samples: int, plan: speed.SpeedP
         config["train"]["steps_per_execution"],
         jit_compile=plan.jit_compile if plan else "auto",
     )
+    build_state(model)
     return model
 
 

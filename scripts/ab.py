@@ -8,11 +8,12 @@ so it defaults to 1 there), unroll (0/1, LSTMs), batch, threads (intra:inter op
 threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
 update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
 (validation batch size, default the training batch), rewrites (light: TensorFlow's
-heavy graph rewrites off, tf_speed.HEAVY_REWRITES). Each process trains the
-bundled config's model on a real MNIST slice (10% of it held out for validation)
-and prints steady samples/s (training samples over the median epoch after the
-first) and the first epoch's seconds (which include compiling). Needs
-MNIST_SEQ_DATA. The README's A/B figures come from this script.
+heavy graph rewrites off, tf_speed.HEAVY_REWRITES; off: no Grappler at all).
+unroll=1 unrolls for training only, as the plan does (tf_speed.unroll_for_training).
+Each process trains the bundled config's model on a real MNIST slice (10% of it
+held out for validation) and prints steady samples/s (training samples over the
+median epoch after the first) and the first epoch's seconds (which include
+compiling). Needs MNIST_SEQ_DATA. The README's A/B figures come from this script.
 """
 
 from __future__ import annotations
@@ -38,21 +39,28 @@ from mnist_seq.tf_speed import epochs_in_one_call, fuse_optimizer_updates, set_o
 if v.get("rewrites") == "light":
     from mnist_seq.tf_speed import lighten_rewrites
     lighten_rewrites()
+if v.get("rewrites") == "off":
+    import tensorflow as tf
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 if "threads" in v:
     assert set_op_threads(*(int(t) for t in v["threads"].split(":")))
 from mnist_seq.config import load_config
 from mnist_seq.data import load_mnist
-from mnist_seq.models import build_model
+from mnist_seq.models import build_model, build_state
+from mnist_seq.tf_speed import unroll_for_training
 from mnist_seq.train import make_optimizer
 cfg = load_config(name)
 ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
 x, y = ds.x_train[:n].astype("float32") / 255, ds.y_train[:n]
 n_val = n // 10
 keras.mixed_precision.set_global_policy(v.get("prec", "float32"))
-model = build_model(cfg["model"], unroll=v.get("unroll", "0") == "1")
+model = build_model(cfg["model"])
 model.compile(optimizer=make_optimizer(cfg["train"], 100), loss="sparse_categorical_crossentropy",
               metrics=["accuracy"], steps_per_execution=int(v.get("spe", 1)),
               jit_compile=v.get("xla", "1" if jax else "0") == "1")
+build_state(model)
+if v.get("unroll", "0") == "1":
+    unroll_for_training(model)
 if v.get("fused", "0") == "1":
     assert fuse_optimizer_updates(model.optimizer, model.trainable_variables)
 times = []

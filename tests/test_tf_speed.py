@@ -89,6 +89,68 @@ def test_epochs_in_one_call_train_as_keras_does(monkeypatch):
         np.testing.assert_allclose(values, one_call_history[key], atol=1e-5)
 
 
+def _while_loops(fn, x) -> int:
+    """How many while loops the graph `fn(x)` traces to holds."""
+    import tensorflow as tf
+
+    graph = tf.function(fn).get_concrete_function(x).graph
+    return sum(op.type in ("While", "StatelessWhile") for op in graph.get_operations())
+
+
+def test_lstms_are_unrolled_for_training_only_and_compute_the_same():
+    """Training's graph has the 28 rows written out; inference keeps Keras's loop, and both
+    give what a Keras LSTM written out everywhere gives. The saved config stays Keras's
+    default, so the model file is a plain LSTM."""
+    import keras
+
+    from mnist_seq.models import build_model
+    from mnist_seq.tf_speed import unroll_for_training
+
+    cfg = validate({"model": {"type": "lstm", "units": [16, 16]}})["model"]
+    keras.utils.set_random_seed(0)
+    model = build_model(cfg)
+    unrolled = build_model(cfg, unroll=True)
+    unrolled.set_weights(model.get_weights())
+    unroll_for_training(model)
+    x = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+    assert _while_loops(lambda v: model(v, training=True), x) == 0
+    assert _while_loops(lambda v: model(v, training=False), x) == 2  # one per LSTM
+    assert _while_loops(lambda v: unrolled(v, training=False), x) == 0
+    expected = np.asarray(unrolled(x, training=True))
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(model(x, training=training)), expected,
+                                   atol=1e-6)
+    assert [layer.get_config()["unroll"] for layer in model.layers
+            if isinstance(layer, keras.layers.LSTM)] == [False, False]
+
+
+@pytest.mark.parametrize("model_type", ["lstm", "mlp"])
+def test_the_first_training_step_is_traced_once(model_type):
+    """The optimizer's and the metrics' variables exist before fit, so tf.function does not
+    trace the step a second time; the metrics start from nothing."""
+    import keras
+
+    from mnist_seq.train import compile_model
+
+    cfg = validate({"model": {"type": model_type, **({"units": [16]} if model_type == "lstm"
+                                                     else {})},
+                    "train": {"batch_size": 16, "steps_per_execution": 2}})
+    keras.utils.set_random_seed(0)
+    model = compile_model(cfg, 32)
+    assert model.optimizer.built and all(not np.any(v.numpy()) for m in model.metrics
+                                         for v in m.variables)
+    traces, step = [], model.train_step
+
+    def counted(data):
+        traces.append(1)  # Python runs only while tracing
+        return step(data)
+
+    model.train_step = counted
+    x = np.random.default_rng(0).random((32, 28, 28), dtype=np.float32)
+    model.fit(x, np.arange(32) % 10, batch_size=16, epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
 def test_pixel_batches_scale_and_reshuffle_every_epoch():
     """Each epoch yields every image once, scaled exactly as `data.to_float`, in a new
     order; the labels travel with their images."""
