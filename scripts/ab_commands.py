@@ -71,9 +71,10 @@ def main() -> None:
     for label, results in seen.items():
         walls = [w for w, _ in results]
         trains = [m["train_seconds"] for _, m in results]
+        scores = [m["phase_seconds"]["score"] for _, m in results]
         accuracy = statistics.median(m["test_accuracy"] for _, m in results)
-        print(f"{label}: wall {spread(walls)}, training {spread(trains)}, "
-              f"test accuracy {accuracy:.4f}")
+        print(f"{label}: wall {spread(walls)}, training {spread(trains)}, test score "
+              f"{spread(scores)}, test accuracy {accuracy:.4f}")
 
 
 if __name__ == "__main__":
