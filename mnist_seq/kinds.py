@@ -22,8 +22,8 @@ from mnist_seq import explain, snapshots
 class Kind:
     """One model type's behaviour outside its builder."""
 
-    # Reads the rows as timesteps (an LSTM): unrolled on a CPU with TensorFlow, the cuDNN
-    # kernel on a GPU.
+    # Reads the rows as timesteps (an LSTM): unrolled for training on a CPU with TensorFlow,
+    # the cuDNN kernel on a GPU.
     recurrent: bool
     # Speed on a CPU with TensorFlow, each measured per model type (speed.py says how
     # much): bfloat16 on a CPU that computes it natively; each epoch in one call;
