@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import gc
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,18 +21,19 @@ from typing import Any
 from mnist_seq.errors import WriteError, first_line
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any], staged: bool = False) -> Path:
     """Have `write(tmp)` write a temporary file beside `path`, then rename it to `path`.
 
     The temporary name keeps the file's suffix (Keras, matplotlib and Pillow choose
-    the format by it). A failure removes the temporary file and raises WriteError."""
+    the format by it). A failure removes the temporary file and raises WriteError.
+    `staged` has `write` write in memory first (see `_staged`)."""
     path = Path(path)
     stem, dot, suffix = path.name.partition(".")
     tmp = path.with_name(f".{stem}.tmp{dot}{suffix}")
     # h5py's objects for a file it failed to write complain again as they are freed
     # ("Exception ignored in ... __dealloc__"): they are freed here, in silence.
     with _unraisable_muted():
-        reason = _write(write, tmp, path)
+        reason = _write(functools.partial(_staged, write) if staged else write, tmp, path)
         if reason is not None:
             gc.collect()
     if reason is not None:
@@ -37,6 +41,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
             tmp.unlink(missing_ok=True)
         raise WriteError(f"cannot write {path}: {reason}", path)
     return path
+
+
+# A folder in memory, where the system has one.
+MEMORY = "/dev/shm"
+
+
+def _staged(write: Callable[[Path], Any], tmp: Path) -> None:
+    """`write` a file in memory, then copy its bytes to `tmp`. HDF5 (Keras's weights)
+    does not survive a disk that fills under it: its objects for the failed file print
+    tracebacks as they are freed, at any later moment, and now and then crash the
+    process. Copied by Python, a full disk is one OSError."""
+    memory = MEMORY if os.access(MEMORY, os.W_OK) else None
+    with tempfile.TemporaryDirectory(dir=memory) as folder:
+        staged = Path(folder) / tmp.name
+        write(staged)
+        shutil.copyfile(staged, tmp)
 
 
 def _write(write: Callable[[Path], Any], tmp: Path, path: Path) -> str | None:

@@ -319,7 +319,8 @@ class RunDir:
         if self.writer:
             weights = path.name.endswith(".weights.h5")
             with self.save_scope():
-                atomic_write(path, model.save_weights if weights else model.save)
+                atomic_write(path, model.save_weights if weights else model.save,
+                             staged=True)
         return path
 
     def save_figure(self, fig, name: str | Path) -> Path:
