@@ -72,6 +72,73 @@ def _unrolled_when_training(layer, inner_loop):
     return unrolled_when_training
 
 
+def fuse_lstm_for_training(model) -> bool:
+    """Make this model instance's LSTM layers train with TensorFlow's fused LSTM op
+    (`BlockLSTM`: the 28 steps and their gradient in one op each), and keep Keras's loop
+    everywhere else (validation, the test score). Returns False, changing nothing,
+    where a layer is not the plain LSTM the op computes (float32, tanh and sigmoid, a
+    bias, no dropout inside the layer, not reversed, not stateful).
+
+    Same arithmetic as Keras's LSTM cell, on the layer's own variables: a test compares
+    outputs and gradients. The op is TensorFlow's, so the saved model is Keras's
+    default LSTM, which loads anywhere."""
+    import keras
+
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+    if not all(_block_lstm_fits(layer) for layer in layers):
+        return False
+    for layer in layers:
+        layer.inner_loop = _fused_when_training(layer, layer.inner_loop)
+    return True
+
+
+def _block_lstm_fits(layer) -> bool:
+    import keras
+
+    cell = getattr(layer, "cell", None)
+    return (isinstance(layer, keras.layers.LSTM) and cell.use_bias
+            and layer.compute_dtype == "float32"
+            and cell.activation is keras.activations.tanh
+            and cell.recurrent_activation is keras.activations.sigmoid
+            and not cell.dropout and not cell.recurrent_dropout
+            and not layer.go_backwards and not layer.stateful)
+
+
+def _fused_when_training(layer, inner_loop):
+    def fused_when_training(sequences, initial_state, mask, training=False):
+        if not training or mask is not None:
+            return inner_loop(sequences, initial_state, mask, training=training)
+        return _block_lstm(layer.cell, sequences, initial_state)
+
+    return fused_when_training
+
+
+def _block_lstm(cell, sequences, initial_state):
+    """Keras's LSTM over a batch of sequences, as one `BlockLSTM` op. Returns what
+    Keras's `inner_loop` does: the last output, all outputs, the last states.
+
+    BlockLSTM orders its gates input, cell, forget, output (Keras: input, forget, cell,
+    output) and reads one weight matrix for [input, previous output]. Its V2 takes
+    Keras's order, but TensorFlow 2.21 registers V1's gradient for it, which gives the
+    forget and cell gates each other's weight gradients; V1 with no forget bias and no
+    clipping is Keras's cell exactly."""
+    import tensorflow as tf
+
+    def gates(t, axis):
+        i, f, c, o = tf.split(t, 4, axis=axis)
+        return tf.concat([i, c, f, o], axis=axis)
+
+    x = tf.transpose(sequences, [1, 0, 2])  # time first
+    weights = gates(tf.concat([cell.kernel.value, cell.recurrent_kernel.value], 0), 1)
+    no_peephole = tf.zeros([cell.units], x.dtype)
+    h0, c0 = initial_state
+    _, cs, _, _, _, _, h = tf.raw_ops.BlockLSTM(
+        seq_len_max=tf.cast(tf.shape(x)[0], tf.int64), x=x, cs_prev=c0, h_prev=h0,
+        w=weights, wci=no_peephole, wcf=no_peephole, wco=no_peephole,
+        b=gates(cell.bias.value, 0), forget_bias=0.0, cell_clip=-1.0, use_peephole=False)
+    return h[-1], tf.transpose(h, [1, 0, 2]), [h[-1], cs[-1]]
+
+
 def keras_internals_present(optimizer) -> bool:
     """Whether the optimizer (built) exposes the slot variables the fused updates use."""
     import keras

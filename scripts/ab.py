@@ -9,7 +9,8 @@ threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
 update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
 (validation batch size, default the training batch), rewrites (light: TensorFlow's
 heavy graph rewrites off, tf_speed.HEAVY_REWRITES; off: no Grappler at all).
-unroll=1 unrolls for training only, as the plan does (tf_speed.unroll_for_training).
+unroll=1 unrolls for training only (tf_speed.unroll_for_training); fusedlstm=1 trains
+LSTMs with TensorFlow's fused op (tf_speed.fuse_lstm_for_training).
 Each process trains the bundled config's model on a real MNIST slice (10% of it
 held out for validation) and prints steady samples/s (training samples over the
 median epoch after the first) and the first epoch's seconds (which include
@@ -47,7 +48,7 @@ if "threads" in v:
 from mnist_seq.config import load_config
 from mnist_seq.data import load_mnist
 from mnist_seq.models import build_model, build_state
-from mnist_seq.tf_speed import unroll_for_training
+from mnist_seq.tf_speed import fuse_lstm_for_training, unroll_for_training
 from mnist_seq.train import make_optimizer
 cfg = load_config(name)
 ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
@@ -61,6 +62,8 @@ model.compile(optimizer=make_optimizer(cfg["train"], 100), loss="sparse_categori
 build_state(model)
 if v.get("unroll", "0") == "1":
     unroll_for_training(model)
+if v.get("fusedlstm", "0") == "1":
+    assert fuse_lstm_for_training(model)
 if v.get("fused", "0") == "1":
     assert fuse_optimizer_updates(model.optimizer, model.trainable_variables)
 times = []

@@ -124,6 +124,44 @@ def test_lstms_are_unrolled_for_training_only_and_compute_the_same():
             if isinstance(layer, keras.layers.LSTM)] == [False, False]
 
 
+def test_the_fused_lstm_op_trains_as_keras_lstms_do():
+    """The fused op (an A/B setting of scripts/ab.py) gives Keras's outputs and gradients,
+    with one BlockLSTM op per layer in training's graph and Keras's loop elsewhere; a layer
+    the op cannot compute leaves the model as it was."""
+    import keras
+    import tensorflow as tf
+
+    from mnist_seq.models import build_model
+    from mnist_seq.tf_speed import fuse_lstm_for_training
+
+    cfg = validate({"model": {"type": "lstm", "units": [16, 12]}})["model"]
+    keras.utils.set_random_seed(0)
+    keras_lstm, fused = build_model(cfg), build_model(cfg)
+    for layer in keras_lstm.layers:  # a real forget-gate bias, so gates cannot swap unseen
+        if isinstance(layer, keras.layers.LSTM):
+            layer.cell.bias.assign(np.random.default_rng(1).normal(size=layer.cell.bias.shape))
+    fused.set_weights(keras_lstm.get_weights())
+    assert fuse_lstm_for_training(fused)
+    x = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+    graph = tf.function(lambda v: fused(v, training=True)).get_concrete_function(x).graph
+    assert [op.type for op in graph.get_operations()].count("BlockLSTM") == 2
+    assert _while_loops(lambda v: fused(v, training=False), x) == 2
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.reduce_sum(out * np.arange(10, dtype=np.float32))
+        return out, tape.gradient(loss, model.trainable_variables)
+
+    (expected, keras_grads), (out, grads) = gradients(keras_lstm), gradients(fused)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-6)
+    for g, k in zip(grads, keras_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(k), atol=1e-6)
+    recurrent_dropout = build_model({**cfg, "recurrent_dropout": 0.1})
+    assert not fuse_lstm_for_training(recurrent_dropout)
+    assert _while_loops(lambda v: recurrent_dropout(v, training=True), x) == 2
+
+
 @pytest.mark.parametrize("model_type", ["lstm", "mlp"])
 def test_the_first_training_step_is_traced_once(model_type):
     """The optimizer's and the metrics' variables exist before fit, so tf.function does not
