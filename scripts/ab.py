@@ -90,6 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     if "MNIST_SEQ_DATA" not in os.environ:
         raise SystemExit("set MNIST_SEQ_DATA to the folder with the MNIST files")
+    from mnist_seq.machine import cpu
+
+    print(f"CPU: {cpu().describe()}", flush=True)  # the figures below are this CPU's
     results: dict[str, list[float]] = {v: [] for v in args.variants}
     first: dict[str, list[float]] = {v: [] for v in args.variants}
     for rep in range(args.repeats):
