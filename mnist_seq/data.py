@@ -174,6 +174,13 @@ def check_dataset(ds: Dataset) -> None:
                             f"expected integers 0..{NUM_CLASSES - 1}")
 
 
+def needs_download(data_dir: str | Path | None = None,
+                   config_dir: str | Path | None = None) -> bool:
+    """Whether `load_mnist` would download MNIST through Keras (no source given, no cache)."""
+    given = data_dir or os.environ.get(ENV_VAR) or config_dir
+    return not given and not keras_cache_path().is_file()
+
+
 def keras_cache_path() -> Path:
     """Where Keras keeps (and downloads) mnist.npz."""
     home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()

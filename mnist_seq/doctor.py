@@ -105,6 +105,18 @@ def plans(backend: str) -> list[str]:
             for name in bundled_configs()]
 
 
+def jax_cache() -> str:
+    """Where a JAX run keeps its compiled steps, and how many it holds, in words."""
+    from mnist_seq.backend import jax_cache_dir
+
+    folder = jax_cache_dir()
+    if folder is None:
+        return "not kept (JAX_ENABLE_COMPILATION_CACHE is off)"
+    entries = list(folder.glob("*-cache")) if folder.is_dir() else []
+    size = sum(f.stat().st_size for f in entries) / 2**20
+    return f"kept in {folder} ({len(entries)} steps, {size:.1f} MiB; delete it to start afresh)"
+
+
 def report(data_dir: str | None = None) -> list[str]:
     """The doctor's lines (TensorFlow is imported, if installed, to ask for its GPUs)."""
     from mnist_seq.machine import cpu
@@ -116,6 +128,8 @@ def report(data_dir: str | None = None) -> list[str]:
         "Backends: none installed: pip install 'mnist-seq[cpu]' (TensorFlow) or "
         "'mnist-seq[jax]'"]
     lines += [f"Extras: {extras()}", f"MNIST: {mnist(data_dir)}"]
+    if "jax" in found:
+        lines.append(f"JAX compiled steps: {jax_cache()}")
     if "tensorflow" in found:
         lines += ["Speed plan on this CPU, TensorFlow:", *plans("tensorflow")]
     return lines

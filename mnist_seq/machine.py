@@ -5,6 +5,7 @@ little without them, so metrics.json and the Speed: line carry them."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -61,3 +62,20 @@ def cpu() -> CPU:
             return parse_cpuinfo(f.read(), cores)
     except OSError:
         return CPU(platform.machine(), platform.processor() or platform.machine(), cores, ())
+
+
+@functools.cache
+def fingerprint() -> str:
+    """A short name for this exact instruction set (the model and every cpuinfo flag, not
+    only FLAGS): code compiled for one CPU may stop with an illegal instruction on
+    another, so caches of compiled code are kept apart by it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    fields = parse_cpuinfo(text, 1)
+    flags = next((line for line in text.splitlines()
+                  if line.startswith(("flags", "Features"))), "")
+    key = f"{platform.machine()}|{fields.model}|{flags}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]

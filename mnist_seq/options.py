@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "gpu")
 BACKENDS = ("tensorflow", "jax")
 DEFAULT_BACKEND = "tensorflow"
+
+
+def cache_root() -> Path:
+    """Where mnist-seq keeps what it can make again but would rather not (ONNX Runtime
+    Web's files, JAX's compiled steps): $MNIST_SEQ_CACHE, else ~/.cache/mnist-seq."""
+    return Path(os.environ.get("MNIST_SEQ_CACHE") or Path.home() / ".cache" / "mnist-seq")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ it is 14 MB of WebAssembly that no Python package ships.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_seq.errors import MnistSeqError, first_line
+from mnist_seq.options import cache_root
 
 ORT_WEB = "onnxruntime-web@1.30.0"
 # What the page loads of it: the WebAssembly build (no WebGL or WebGPU), as an ES module.
@@ -28,9 +28,8 @@ READER = "reader.js"  # what each page reads digits with: serve's API, or the mo
 
 
 def cache_dir() -> Path:
-    """Where the npm package is kept: $MNIST_SEQ_CACHE, else ~/.cache/mnist-seq."""
-    root = os.environ.get("MNIST_SEQ_CACHE") or Path.home() / ".cache" / "mnist-seq"
-    return Path(root) / ORT_WEB.replace("@", "-")
+    """Where the npm package is kept, under `options.cache_root()`."""
+    return cache_root() / ORT_WEB.replace("@", "-")
 
 
 def runtime_files() -> list[Path]:

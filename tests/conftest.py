@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,10 @@ import pytest
 
 # Tests never touch the user's ~/.keras, and Keras must not pick another backend.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Nor the user's cache (JAX's compiled steps, ONNX Runtime Web): one of their own, shared
+# by every test in the session.
+os.environ["MNIST_SEQ_CACHE"] = tempfile.mkdtemp(prefix="mnist-seq-cache-")
+atexit.register(shutil.rmtree, os.environ["MNIST_SEQ_CACHE"], True)
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(

@@ -49,6 +49,8 @@ def test_doctor_names_the_machine_and_trains_nothing(data_dir, tmp_path):
     assert any(line.startswith("Backend tensorflow") and "GPUs " in line for line in lines)
     assert any(line.startswith("MNIST: ") and str(data_dir) in line and "checked" in line
                for line in lines)
+    if any(line.startswith("Backend jax") for line in lines):
+        assert any(line.startswith("JAX compiled steps: kept in ") for line in lines)
     from mnist_seq.config import bundled_configs
 
     plans = [line.strip() for line in lines if line.startswith("  ")]

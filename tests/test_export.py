@@ -36,7 +36,6 @@ NO_KERAS = ("import sys; from mnist_seq.cli import main; sys.argv = ['mnist-seq'
 def runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     """A tiny MLP, CNN and LSTM run, each exported in every format."""
     root = tmp_path_factory.mktemp("export")
-    os.environ["MNIST_SEQ_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     if shutil.which("npm") is None:
         pytest.skip("the web format needs npm (onnxruntime-web from the npm registry)")
     folders = {}

@@ -160,6 +160,54 @@ def test_divergence_and_determinism_on_jax(data_dir, tmp_path):
     assert histories[0] == histories[1]
 
 
+def test_missing_data_is_said_before_a_missing_device(tmp_path):
+    # The data is read while the backend loads; its error still comes first.
+    out = jax_cli("train", "--model", "mlp", "--device", "gpu", "--data-dir",
+                  str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"), check=False)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("Error: data path from --data-dir does not exist")
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_compiled_steps_are_kept_between_runs(data_dir, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MNIST_SEQ_CACHE": str(cache)}
+
+    def train(name: str, environ: dict) -> tuple[list, dict]:
+        out = subprocess.run([sys.executable, "-m", "mnist_seq", "train", "--model", "mlp",
+                              *SMOKE, "--backend", "jax", "--data-dir", str(data_dir),
+                              "--run-dir", str(tmp_path / name)],
+                             capture_output=True, text=True, env=environ)
+        assert out.returncode == 0 and not out.stderr.strip(), out.stdout + out.stderr
+        rows = json.loads((tmp_path / name / "history.json").read_text())
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        return ([{k: v for k, v in r.items() if k != "seconds"} for r in rows],
+                {k: metrics[k] for k in ("test_loss", "test_accuracy")})
+
+    first = train("cold", env)
+    [folder] = (cache / "jax").iterdir()
+
+    def kept() -> dict[str, int]:
+        return {f.name: f.stat().st_mtime_ns for f in folder.glob("*-cache")}
+
+    steps = kept()
+    assert steps
+    # Every step of the second run comes from the cache (none is compiled and written
+    # again), and it trains to the same figures.
+    assert train("warm", env) == first
+    assert kept() == steps
+    # Damaged steps are compiled again, quietly, to the same figures.
+    for name in steps:
+        (folder / name).write_bytes(b"not a compiled step")
+    assert train("damaged", env) == first
+    # A cache that cannot be made, or is turned off, only costs the compiling.
+    a_file = str(tmp_path / "damaged" / "config.yaml")
+    assert train("unwritable", {**env, "MNIST_SEQ_CACHE": a_file}) == first
+    assert train("off", {**env, "MNIST_SEQ_CACHE": str(tmp_path / "off-cache"),
+                         "JAX_ENABLE_COMPILATION_CACHE": "false"}) == first
+    assert not (tmp_path / "off-cache").exists()
+
+
 def _test_digits(data_dir: Path) -> np.ndarray:
     from mnist_seq.data import load_mnist
 
