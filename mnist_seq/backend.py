@@ -171,7 +171,7 @@ def jax_cache_dir() -> Path | None:
 def _keep_compiled_steps(jax) -> None:
     """Have XLA's compiled steps kept on disk (`jax_cache_dir`), so that a config's
     later runs skip compiling: on a 2-core Intel Xeon the time outside the epochs went
-    from 8.8 to 5.0 s for the LSTM, 5.3 to 3.0 s for the MLP (docs/performance.md).
+    from 7.5 to 4.0 s for the LSTM, 4.0 to 2.1 s for the MLP (docs/performance.md).
     Every step is kept, however quickly it compiled: the MLP's all compile in well
     under JAX's default threshold of a second. A cache that cannot be written or read
     only costs the compiling, so it is never an error."""
@@ -206,11 +206,14 @@ def _keras_without_tensorflow() -> None:
 # Packages that Keras and TensorFlow import while they load, whenever they are installed,
 # though a run has no use for them then: TensorFlow's LiteRT converter imports JAX (for
 # converting JAX functions), Keras's image-gallery helper imports pyplot, TensorFlow's
-# legacy Keras imports SciPy to check for sparse arrays. Measured on a 2-core AMD EPYC
-# (AVX2): about 1.2 s for JAX, 1.5 s for matplotlib and 0.2 s for SciPy of the 8 s that
-# `import keras` took on TensorFlow (`python -X importtime -c "import keras"`). Each can
-# still be imported afterwards (the curves import matplotlib while the first epoch runs).
-NOT_AT_START = {"tensorflow": ("jax", "matplotlib", "scipy"), "jax": ("matplotlib",)}
+# legacy Keras imports SciPy to check for sparse arrays, Keras's scikit-learn wrappers
+# import scikit-learn (the `map` extra). Measured on a 2-core AMD EPYC (AVX2): about 1.2 s
+# for JAX, 1.5 s for matplotlib and 0.2 s for SciPy of the 8 s that `import keras` took on
+# TensorFlow (`python -X importtime -c "import keras"`); on a 2-core Intel Xeon, 0.6 s for
+# scikit-learn of a JAX run's 1.1 s of `import keras`. Each can still be imported
+# afterwards (the curves import matplotlib while the first epoch runs).
+NOT_AT_START = {"tensorflow": ("jax", "matplotlib", "scipy", "sklearn"),
+                "jax": ("matplotlib", "sklearn")}
 
 
 @contextlib.contextmanager
