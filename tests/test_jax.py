@@ -178,7 +178,9 @@ def test_compiled_steps_are_kept_between_runs(data_dir, tmp_path):
                               *SMOKE, "--backend", "jax", "--data-dir", str(data_dir),
                               "--run-dir", str(tmp_path / name)],
                              capture_output=True, text=True, env=environ)
-        assert out.returncode == 0 and not out.stderr.strip(), out.stdout + out.stderr
+        # Quietly: a failing cache says nothing (JAX would warn about every step).
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "Traceback" not in out.stderr and "cache" not in out.stderr.lower(), out.stderr
         rows = json.loads((tmp_path / name / "history.json").read_text())
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         return ([{k: v for k, v in r.items() if k != "seconds"} for r in rows],
