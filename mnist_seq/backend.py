@@ -157,7 +157,8 @@ def jax_cache_dir() -> Path | None:
     else under `cache_root()` in a folder of this JAX version and CPU (`machine.fingerprint`),
     since code compiled for one CPU's instructions must not run on another that shares the
     home folder. None when JAX_ENABLE_COMPILATION_CACHE is false."""
-    if os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false", "no"):
+    if os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false", "no",
+                                                                      "off"):
         return None
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
