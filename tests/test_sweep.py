@@ -180,7 +180,8 @@ def test_a_dead_machines_trial_is_continued_by_another(data_dir, tmp_path):
     kept = len(json.loads((tmp_path / "a" / "trial-0000" / "history.json").read_text()))
     assert done and kept in (done[-1], done[-1] + 1) and kept < 4
     second = finish(sweep(*machine["b"], data_dir=data_dir))
-    assert f"trial 1: continuing {tmp_path / 'a' / 'trial-0000'} after epoch {kept}" in second
+    assert f"trial 1: continuing {tmp_path / 'a' / 'trial-0000'} after epoch {kept}" in second, \
+        (done, kept, second)  # all of it, should this fail: pytest cuts long strings
     # Machine a's trial 0 failed (its heartbeat stopped); its copy, trial 1, went on in
     # a's run folder from where the kill left it, and b trained a new trial 2.
     assert study_states(tmp_path, storage) == ["FAIL", "COMPLETE", "COMPLETE"]
