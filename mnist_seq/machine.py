@@ -54,14 +54,23 @@ def parse_cpuinfo(text: str, cores: int) -> CPU:
 
 
 @functools.cache
+def _cpuinfo() -> str | None:
+    """The text of /proc/cpuinfo, read once (None elsewhere than Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@functools.cache
 def cpu() -> CPU:
     """This machine's CPU (read once; elsewhere than Linux, what `platform` says)."""
     cores = os.cpu_count() or 1
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return parse_cpuinfo(f.read(), cores)
-    except OSError:
+    text = _cpuinfo()
+    if text is None:
         return CPU(platform.machine(), platform.processor() or platform.machine(), cores, ())
+    return parse_cpuinfo(text, cores)
 
 
 @functools.cache
@@ -69,13 +78,7 @@ def fingerprint() -> str:
     """A short name for this exact instruction set (the model and every cpuinfo flag, not
     only FLAGS): code compiled for one CPU may stop with an illegal instruction on
     another, so caches of compiled code are kept apart by it."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    fields = parse_cpuinfo(text, 1)
-    flags = next((line for line in text.splitlines()
+    flags = next((line for line in (_cpuinfo() or "").splitlines()
                   if line.startswith(("flags", "Features"))), "")
-    key = f"{platform.machine()}|{fields.model}|{flags}"
+    key = f"{platform.machine()}|{cpu().model}|{flags}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
