@@ -112,6 +112,10 @@ def jax_cache() -> str:
     folder = jax_cache_dir()
     if folder is None:
         return "not kept (JAX_ENABLE_COMPILATION_CACHE is off)"
+    # As a run finds it, without making it: the nearest folder that exists must take files.
+    nearest = next(p for p in (folder, *folder.parents) if p.exists())
+    if not (nearest.is_dir() and os.access(nearest, os.W_OK)):
+        return f"not kept: {folder} cannot be made or written (each run compiles afresh)"
     entries = list(folder.glob("*-cache")) if folder.is_dir() else []
     size = sum(f.stat().st_size for f in entries) / 2**20
     return f"kept in {folder} ({len(entries)} steps, {size:.1f} MiB; delete it to start afresh)"

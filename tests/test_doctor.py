@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mnist_seq.machine import parse_cpuinfo
 
 ZEN3 = """processor\t: 0
@@ -67,6 +69,18 @@ def test_doctor_says_where_the_data_is_not(tmp_path):
     assert result.exit_code == 0, result.output
     assert any(line.startswith("MNIST: not found: data path from --data-dir does not exist")
                for line in result.output.splitlines())
+
+
+def test_doctor_says_when_jax_cannot_keep_its_steps(tmp_path, monkeypatch):
+    pytest.importorskip("jax")
+    from mnist_seq.doctor import jax_cache
+
+    monkeypatch.setenv("MNIST_SEQ_CACHE", str(tmp_path / "cache"))
+    assert jax_cache().startswith(f"kept in {tmp_path / 'cache' / 'jax'}")
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("MNIST_SEQ_CACHE", str(tmp_path / "a-file"))
+    assert jax_cache().startswith(f"not kept: {tmp_path / 'a-file' / 'jax'}")
+    assert not (tmp_path / "cache").exists()  # the doctor makes nothing
 
 
 def test_a_run_records_its_cpu(tmp_path, data_dir):
