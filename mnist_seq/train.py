@@ -141,15 +141,18 @@ def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT
     rows, restore = run.resume_point() if resume else ([], None)
     for line in distribute.check(options.distribute, backend.choose(options.backend)):
         log(line)
+    # Processes named on the command line are told before they join: one that raised
+    # after joining could tear down the group while another is still on its way there.
+    if options.distribute and options.distribute.several_processes:
+        _require_shared_run_dir(run)
     data, where, phases = _data_and_backend(config, options)
     ready = time.perf_counter()
     for note in data.notes:
         log(f"Note: {note}")
     cluster = distribute.join(backend.name(), options.distribute)
     cluster.check_batch(config["train"]["batch_size"], "train.batch_size")
-    if cluster.several_processes and run.timestamped:
-        raise ConfigError("a run over several processes needs --run-dir: every process "
-                          "must name the same run folder")
+    if cluster.several_processes:  # also a cluster JAX found by itself (SLURM, ...)
+        _require_shared_run_dir(run)
     if options.tensorboard:
         _require_tensorboard()
     if not cluster.writer:
@@ -166,6 +169,12 @@ def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT
     session.phases |= phases | {"compile": round(time.perf_counter() - ready
                                                  - session.phases["start"], 3)}
     return session
+
+
+def _require_shared_run_dir(run: RunDir) -> None:
+    if run.timestamped:
+        raise ConfigError("a run over several processes needs --run-dir: every process "
+                          "must name the same run folder")
 
 
 def _data_and_backend(config: dict[str, Any],

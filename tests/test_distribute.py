@@ -219,11 +219,14 @@ def test_a_taken_coordinator_port_and_a_missing_run_dir_are_one_line(data_dir, t
         f"Error: --coordinator localhost:{port}: port {port} is in use on this machine "
         "(Address already in use); choose another port")
 
-    procs = start_pair(free_port(), *common, "--runs-root", str(tmp_path / "runs"))
-    for code, out, err in (finish(p) for p in procs):
-        assert code == 2 and err.strip() == (
-            "Error: a run over several processes needs --run-dir: every process must name "
-            "the same run folder"), out + err
+    # Said before joining: a process alone, whose partner never comes, says it at once
+    # rather than waiting minutes for the group.
+    alone = start(*common, "--runs-root", str(tmp_path / "runs"), "--num-processes", "2",
+                  "--process-id", "1", "--coordinator", f"localhost:{free_port()}")
+    code, out, err = finish(alone, timeout=120)
+    assert code == 2 and err.strip() == (
+        "Error: a run over several processes needs --run-dir: every process must name "
+        "the same run folder"), out + err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never").exists()
 
 
