@@ -48,6 +48,8 @@ class SpeedPlan:
     validation_batch: int | None  # None: the training batch
     pixels_in_graph: bool  # training images go to TensorFlow as uint8, scaled per batch
     line: str  # the plan in words, for the Speed: line
+    # Stacked LSTMs trained row by row across their layers (tf_speed.step_layers_together)
+    layers_together: bool = False
 
 
 def machine_facts(on_gpu: bool, backend: str, cores: int | None = None) -> Machine:
@@ -112,6 +114,10 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # each beat one op at a time on two threads in every paired A/B here; the CNN and
     # the MLP, with few big ops, were slower or even (README, Performance).
     op_threads = (max(1, machine.cores // 2), 2) if unroll and tf_cpu else None
+    # Keras finishes each LSTM over all 28 rows before the next starts, so the
+    # unrolled graph waits at every layer; row by row across the layers, the 3-layer
+    # LSTM's training step took 0.7x the time (docs/performance.md).
+    together = unroll and tf_cpu and len(mcfg.get("units", [])) > 1
     # The MLP's steps are so small that fixed costs per batch rule its speed on a CPU:
     # each epoch in one TensorFlow call, on batches sliced inside the graph (1.15x here,
     # 1.25x with validation in batches of 2048; LeNet gained nothing from it). Fused
@@ -140,7 +146,7 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
     if kind.recurrent:
-        notes.append(_lstm_kernel(machine, mcfg, unroll))
+        notes.append(_lstm_kernel(machine, mcfg, unroll, together))
     if fused:
         notes.append(f"fused {OPTIMIZERS[tcfg['optimizer']]} updates")
     if machine.cpu and not machine.gpu:
@@ -150,13 +156,16 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
                      one_call_epochs=one_call,
                      validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
                      pixels_in_graph=backend == "tensorflow",
-                     line=", ".join(notes))
+                     line=", ".join(notes), layers_together=together)
 
 
-def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool) -> str:
+def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool,
+                 together: bool) -> str:
     if not machine.gpu:
         how = "unrolled over the 28 rows for training" if unroll else \
             "Keras's loop over the 28 rows"
+        if together:
+            how += ", the layers row by row together"
         return f"LSTM kernel: generic, {how} (CPU; cuDNN needs a GPU)"
     if mcfg["recurrent_dropout"]:
         return "LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN"
@@ -190,14 +199,18 @@ def apply_to_model(plan: SpeedPlan, model) -> list[str]:
     training, fused updates). Returns notes on what could not be done."""
     from mnist_seq import tf_speed
 
+    notes = []
     if plan.unroll:
         tf_speed.unroll_for_training(model)
+    if plan.layers_together and not tf_speed.step_layers_together(model):
+        notes.append("the LSTM layers train one after another: the model is not a plain "
+                     "chain of LSTMs")
     if not plan.fused_updates:
-        return []
+        return notes
     if tf_speed.fuse_optimizer_updates(model.optimizer, model.trainable_variables):
-        return []
-    return ["fused optimizer updates skipped: this Keras release lacks the optimizer slots "
-            "they use; training runs Keras's own updates"]
+        return notes
+    return [*notes, "fused optimizer updates skipped: this Keras release lacks the optimizer "
+            "slots they use; training runs Keras's own updates"]
 
 
 def fit_inputs(plan: SpeedPlan, model, x, y, batch_size: int, seed: int) -> dict[str, Any]:

@@ -342,6 +342,7 @@ def _metrics(s: Session, test: dict[str, float]) -> dict[str, Any]:
         "deterministic": tcfg["deterministic"],
         "precision": s.plan.precision,
         "lstm_unrolled": s.plan.unroll,
+        "lstm_layers_together": s.plan.layers_together,
         "xla": s.plan.jit_compile,
         "data_source": s.data.source,
         "distributed": s.cluster.facts(),

@@ -51,6 +51,10 @@ def test_the_plan_says_which_lstm_kernel_runs(machine, units, recurrent_dropout,
     p = plan("lstm", machine, units=units, recurrent_dropout=recurrent_dropout)
     assert p.unroll is unroll
     assert kernel in p.line and p.precision == "float32"
+    # Stacked LSTMs train row by row across their layers on TensorFlow's CPU path.
+    together = unroll and len(units) > 1
+    assert p.layers_together is together
+    assert ("the layers row by row together" in p.line) is together
 
 
 @pytest.mark.parametrize(("model_type", "machine", "fused", "one_call"), [
@@ -89,7 +93,8 @@ def test_the_line_describes_the_whole_plan():
 @pytest.mark.parametrize("model_type", ["mlp", "cnn", "lstm"])
 def test_no_tensorflow_trick_off_tensorflow_or_under_a_distribution(model_type, backend,
                                                                     distributed):
-    p = plan(model_type, CPU, backend, distributed)
+    stacked = {"units": [128, 128]} if model_type == "lstm" else {}
+    p = plan(model_type, CPU, backend, distributed, **stacked)
     assert not (p.fused_updates or p.one_call_epochs or p.op_threads)
     # MirroredStrategy fails with Keras's loop over several steps per call.
     mirrored = backend == "tensorflow" and distributed
@@ -98,6 +103,7 @@ def test_no_tensorflow_trick_off_tensorflow_or_under_a_distribution(model_type, 
     # Unrolled LSTMs and bfloat16 CNNs paid on TensorFlow on a CPU, and lost on JAX.
     tf = backend == "tensorflow"
     assert p.unroll is (model_type == "lstm" and tf)
+    assert not p.layers_together
     assert p.precision == ("mixed_bfloat16" if model_type == "cnn" and tf else "float32")
 
 

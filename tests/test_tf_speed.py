@@ -162,6 +162,53 @@ def test_the_fused_lstm_op_trains_as_keras_lstms_do():
     assert _while_loops(lambda v: recurrent_dropout(v, training=True), x) == 2
 
 
+def test_stacked_lstms_train_row_by_row_as_keras_trains_them():
+    """Row by row across the layers, training gives Keras's outputs exactly (the same
+    dropout masks) and its gradients to rounding; inference is Keras's own call. Models
+    the row-by-row call cannot run are left as they were."""
+    import keras
+    import tensorflow as tf
+
+    from mnist_seq.models import build_lstm, build_model
+    from mnist_seq.tf_speed import step_layers_together, unroll_for_training
+
+    cfg = validate({"model": {"type": "lstm", "units": [16, 12, 8], "dropout": 0.25,
+                              "l2_last": 1e-3}})["model"]
+    keras.utils.set_random_seed(0)
+    keras_lstm, stepped = build_model(cfg), build_model(cfg)
+    stepped.set_weights(keras_lstm.get_weights())
+    for model in (keras_lstm, stepped):
+        unroll_for_training(model)
+    assert step_layers_together(stepped)
+    drops = [[layer for layer in m.layers if isinstance(layer, keras.layers.Dropout)]
+             for m in (keras_lstm, stepped)]
+    for a, b in zip(*drops, strict=True):
+        b.seed_generator.state.assign(a.seed_generator.state)
+    x = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+
+    def gradients(model):
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.reduce_sum(out * np.arange(10, dtype=np.float32)) + sum(model.losses)
+        return np.asarray(out), tape.gradient(loss, model.trainable_variables)
+
+    (expected, keras_grads), (out, grads) = gradients(keras_lstm), gradients(stepped)
+    np.testing.assert_array_equal(out, expected)
+    for g, k in zip(grads, keras_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(k), atol=1e-6)
+    assert not np.array_equal(out, np.asarray(stepped(x, training=False)))  # dropout on
+    np.testing.assert_array_equal(np.asarray(stepped(x, training=False)),
+                                  np.asarray(keras_lstm(x, training=False)))
+    assert _while_loops(lambda v: stepped(v, training=False), x) == 3
+
+    single = build_model({**cfg, "units": [16]})
+    probe = build_lstm(cfg, probe=True)
+    recurrent_dropout = build_model({**cfg, "recurrent_dropout": 0.1})
+    for model in (single, probe, recurrent_dropout):
+        call = model.call
+        assert not step_layers_together(model) and model.call == call
+
+
 @pytest.mark.parametrize("model_type", ["lstm", "mlp"])
 def test_the_first_training_step_is_traced_once(model_type):
     """The optimizer's and the metrics' variables exist before fit, so tf.function does not
