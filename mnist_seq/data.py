@@ -9,10 +9,12 @@ that is not the original MNIST's is reported as a note, not an error.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,24 +55,35 @@ class Dataset:
 
 def load_mnist(data_dir: str | Path | None = None, config_dir: str | Path | None = None) -> Dataset:
     """Load MNIST from the first source given (flag, env, config), else the Keras cache."""
+    return find_mnist(data_dir, config_dir)()
+
+
+def find_mnist(data_dir: str | Path | None = None,
+               config_dir: str | Path | None = None) -> Callable[[], Dataset]:
+    """The reader of the source `load_mnist` would use, found without reading a file: a
+    path that does not exist or holds no MNIST files raises DataError at once."""
     for origin, value in (("--data-dir", data_dir), (ENV_VAR, os.environ.get(ENV_VAR)),
                           ("data.dir", config_dir)):
         if value:
-            return load_path(Path(value).expanduser(), origin)
-    return load_keras_cache()
+            return _find_path(Path(value).expanduser(), origin)
+    return load_keras_cache
 
 
 def load_path(path: Path, origin: str = "path") -> Dataset:
     """Load a folder of IDX files (or one with mnist.npz), or an .npz file."""
+    return _find_path(path, origin)()
+
+
+def _find_path(path: Path, origin: str) -> Callable[[], Dataset]:
     if not path.exists():
         raise DataError(f"data path from {origin} does not exist: {path}. {HOW_TO_POINT}")
     if path.is_file():
-        return load_npz(path)
+        return functools.partial(load_npz, path)
     found = {key: _find_idx(path, stem) for key, (stem, _) in IDX_FILES.items()}
     if all(found.values()):
-        return load_idx_dir(path, found)
+        return functools.partial(load_idx_dir, path, found)
     if (path / "mnist.npz").is_file():
-        return load_npz(path / "mnist.npz")
+        return functools.partial(load_npz, path / "mnist.npz")
     if any(found.values()):
         missing = [IDX_FILES[k][0] + "[.gz]" for k, p in found.items() if p is None]
         raise DataError(f"incomplete MNIST folder {path}: missing {', '.join(missing)}")

@@ -31,7 +31,7 @@ import numpy as np
 
 from mnist_seq import backend, distribute, origin, speed
 from mnist_seq.config import OPTIMIZERS
-from mnist_seq.data import load_mnist, needs_download, split_train_val, to_float
+from mnist_seq.data import find_mnist, load_mnist, needs_download, split_train_val, to_float
 from mnist_seq.errors import ConfigError, MnistSeqError, WriteError
 from mnist_seq.models import build_model, build_state
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
@@ -185,6 +185,8 @@ def _data_and_backend(config: dict[str, Any],
     training runs, and the seconds each took ("data": the wait for it after Keras)."""
     deterministic = config["train"]["deterministic"]
     start = time.perf_counter()
+    # A data path that is missing or holds no MNIST files is said before Keras loads.
+    find_mnist(options.data_dir, config["data"]["dir"])
     if needs_download(options.data_dir, config["data"]["dir"]):
         data = load_data(config, options)
         loaded = time.perf_counter()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
 import sys
 import types
 
@@ -156,3 +158,25 @@ def test_split_is_seeded_disjoint_and_sized():
 def test_to_float_scales_to_unit_interval():
     out = to_float(np.array([[0, 255]], dtype=np.uint8))
     assert out.dtype == np.float32 and out.tolist() == [[0.0, 1.0]]
+
+
+@pytest.mark.parametrize("where", ["nowhere", "empty"])
+def test_a_missing_data_folder_is_said_before_keras_loads(tmp_path, where):
+    # A stand-in keras package that leaves a mark when imported: `train` must say the
+    # folder is missing or empty without importing it.
+    fake = tmp_path / "fake" / "keras"
+    fake.mkdir(parents=True)
+    mark = tmp_path / "keras-was-imported"
+    (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\n"
+                                      "raise ImportError('stand-in keras')\n")
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(fake.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("MNIST_SEQ_DATA", None)
+    out = subprocess.run([sys.executable, "-m", "mnist_seq", "train", "--model", "mlp",
+                          "--data-dir", str(tmp_path / where), "--run-dir",
+                          str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(("Error: data path from --data-dir does not exist",
+                                  "Error: no MNIST files in")), out.stderr
+    assert not mark.exists() and not (tmp_path / "run").exists()
