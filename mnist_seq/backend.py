@@ -8,6 +8,7 @@ Everything here runs lazily, at the first command that needs Keras, so that
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import platform
 import sys
@@ -152,6 +153,10 @@ def _setup_jax(device: str, debug: bool, deterministic: bool,
     return f"CPU ({os.cpu_count()} cores)"
 
 
+# The JAX cache's most: about 0.4 MiB a config and batch shape, so a few thousand.
+JAX_CACHE_BYTES = 1 << 30
+
+
 def jax_cache_dir() -> Path | None:
     """Where JAX keeps the steps it compiled, between runs: $JAX_COMPILATION_CACHE_DIR,
     else under `cache_root()` in a folder of this JAX version and CPU (`machine.fingerprint`),
@@ -188,6 +193,11 @@ def _keep_compiled_steps(jax) -> None:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    # Kept to a size, the steps used longest ago going first: JAX's own eviction, which
+    # locks the folder with filelock (in the jax extra; without it the cache grows).
+    if ("JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ
+            and importlib.util.find_spec("filelock") is not None):
+        jax.config.update("jax_compilation_cache_max_size", JAX_CACHE_BYTES)
     warnings.filterwarnings("ignore", message="Error (reading|writing) persistent compilation")
 
 

@@ -169,6 +169,22 @@ def test_missing_data_is_said_before_a_missing_device(tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("given", [None, "12345678"])
+def test_the_compiled_steps_are_kept_to_a_size(tmp_path, given):
+    """The cache evicts the steps used longest ago past JAX_CACHE_BYTES, unless the user
+    set JAX's own limit."""
+    code = ("from mnist_seq import backend; from mnist_seq.options import RuntimeOptions; "
+            "backend.setup(RuntimeOptions(backend='jax')); import jax; "
+            "print(jax.config.jax_compilation_cache_max_size, backend.JAX_CACHE_BYTES)")
+    env = {**os.environ, "MNIST_SEQ_CACHE": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+    if given:
+        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = given
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out[0] == (given or out[1]) and int(out[1]) > 0
+
+
 def test_compiled_steps_are_kept_between_runs(data_dir, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "MNIST_SEQ_CACHE": str(cache)}
