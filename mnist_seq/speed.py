@@ -109,14 +109,15 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # unrolling would rule it out.
     unroll = kind.recurrent and not machine.gpu and backend == "tensorflow"
     xla = choose_xla(tcfg["xla"], machine.gpu, backend)
-    # The unrolled graph has many small ops that do not depend on each other (layer 2
-    # at row t beside layer 1 at row t+1): on 2 cores, two ops at once on one thread
-    # each beat one op at a time on two threads in every paired A/B here; the CNN and
-    # the MLP, with few big ops, were slower or even (README, Performance).
+    # The unrolled graph has many small ops that do not depend on each other (the
+    # gates of one cell; with the layers row by row, layer 2 at row t beside layer 1
+    # at row t+1): on 2 cores, two ops at once on one thread each beat one op at a
+    # time on two threads in every paired A/B here; the CNN and the MLP, with few big
+    # ops, were slower or even (README, Performance).
     op_threads = (max(1, machine.cores // 2), 2) if unroll and tf_cpu else None
     # Keras finishes each LSTM over all 28 rows before the next starts, so the
     # unrolled graph waits at every layer; row by row across the layers, the 3-layer
-    # LSTM's training step took 0.7x the time (docs/performance.md).
+    # LSTM trained 1.76x as many samples a second (docs/performance.md).
     together = unroll and tf_cpu and len(mcfg.get("units", [])) > 1
     # The MLP's steps are so small that fixed costs per batch rule its speed on a CPU:
     # each epoch in one TensorFlow call, on batches sliced inside the graph (1.15x here,

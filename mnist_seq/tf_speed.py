@@ -4,11 +4,13 @@ Only `speed.apply_*` calls these, and only when the speed plan says so: for the
 TensorFlow backend, on a CPU, in a single process. A run on another backend, on
 a GPU or under a distribution never touches this module.
 
-Two tricks reach into Keras: fused updates read the optimizer's slot variables
-(`_get_variable_index`, `_momentums`, `_velocities`), and one-call epochs replace
-`train_step` on one model instance. `keras_internals_present` checks that surface;
-tests/test_tf_speed.py fails loudly when a Keras release changes it, and the
-fused updates are then skipped rather than run on a guess.
+Three tricks reach into Keras: fused updates read the optimizer's slot variables
+(`_get_variable_index`, `_momentums`, `_velocities`), one-call epochs replace
+`train_step` on one model instance, and stacked LSTMs trained row by row replace its
+`call` for training after reading how its layers are joined (`_inbound_nodes`).
+`keras_internals_present` checks the slots; tests/test_tf_speed.py fails loudly when
+a Keras release changes any of it, and the trick is then skipped rather than run on
+a guess.
 """
 
 from __future__ import annotations
@@ -134,9 +136,14 @@ def _lstm_stack(model):
 
 
 def _in_a_chain(layer, before) -> bool:
-    # One call of each layer, on the output of the layer listed before it.
-    nodes = layer._inbound_nodes
-    return len(nodes) == 1 and [t._keras_history[0] for t in nodes[0].input_tensors] == [before]
+    # One call of each layer, on the output of the layer listed before it (Keras's
+    # private graph records: without them, nothing can be said, so no).
+    try:
+        nodes = layer._inbound_nodes
+        return len(nodes) == 1 and [t._keras_history[0]
+                                    for t in nodes[0].input_tensors] == [before]
+    except (AttributeError, IndexError, TypeError):
+        return False
 
 
 def _steppable(lstm) -> bool:
