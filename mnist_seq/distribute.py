@@ -41,9 +41,14 @@ class ProcessLost(MnistSeqError):
     """Another process of a distributed run stopped."""
 
 
-def check(options: DistributeOptions | None, backend: str) -> list[str]:
-    """Raise ConfigError for settings that cannot work, before anything loads; return
-    what to tell the user before the processes join."""
+RUN_DIR_NEEDED = ("a run over several processes needs --run-dir: every process must name "
+                  "the same run folder")
+
+
+def check(options: DistributeOptions | None, backend: str, named_run: bool = True) -> list[str]:
+    """Raise ConfigError for settings that cannot work, before anything loads (`named_run`:
+    the run folder was named, as every process must); return what to tell the user
+    before the processes join."""
     if options is None:
         return []
     n, i, address = options.num_processes, options.process_id, options.coordinator
@@ -66,6 +71,10 @@ def check(options: DistributeOptions | None, backend: str) -> list[str]:
                           "machine's GPUs")
     if not options.several_processes:
         return []
+    # Said before joining: a process that raised after joining could tear the group
+    # down while another was still on its way there.
+    if not named_run:
+        raise ConfigError(RUN_DIR_NEEDED)
     return [f"Joining {n} processes at {address} (each waits up to {JOIN_SECONDS // 60} "
             "minutes for the others to start)"]
 
@@ -162,6 +171,12 @@ class Cluster:
         if self.backend == "tensorflow" and self.distributed:
             return self.engine.scope()
         return contextlib.nullcontext()
+
+    def check_run_dir(self, named_run: bool) -> None:
+        """Raise ConfigError where several processes would write unnamed run folders (a
+        cluster JAX found by itself, SLURM and the like, is known only now)."""
+        if self.several_processes and not named_run:
+            raise ConfigError(RUN_DIR_NEEDED)
 
     def check_batch(self, batch: int, what: str) -> None:
         """Raise ConfigError unless every global batch splits evenly over the devices."""

@@ -10,7 +10,7 @@ planned only for TensorFlow on a CPU in one process.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mnist_seq.config import OPTIMIZERS
@@ -133,31 +133,38 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     # in fit (an unfed placeholder in its while loop, Keras 3.15.1); one step per call works.
     mirrored = distributed and backend == "tensorflow"
     spe = 1 if one_call or mirrored or per_batch else tcfg["steps_per_execution"]
+    plan = SpeedPlan(precision=precision, unroll=unroll, jit_compile=xla,
+                     steps_per_execution=spe, op_threads=op_threads, fused_updates=fused,
+                     one_call_epochs=one_call,
+                     validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
+                     pixels_in_graph=backend == "tensorflow", line="",
+                     layers_together=together)
+    return replace(plan, line=_line(plan, config, machine, backend, per_batch))
 
-    notes = [BACKEND_NAMES.get(backend, backend), f"precision {precision}",
-             "each epoch in one call, batches sliced in the graph" if one_call else
-             f"{spe} step{'s' if spe > 1 else ''} per execution"
+
+def _line(plan: SpeedPlan, config: dict[str, Any], machine: Machine, backend: str,
+          per_batch: bool) -> str:
+    """The plan in words, for the Speed: line."""
+    mcfg, spe = config["model"], plan.steps_per_execution
+    notes = [BACKEND_NAMES.get(backend, backend), f"precision {plan.precision}",
+             "each epoch in one call, batches sliced in the graph" if plan.one_call_epochs
+             else f"{spe} step{'s' if spe > 1 else ''} per execution"
              + (" (snapshots after named batches)" if per_batch else ""),
-             _xla_words(xla, backend)]
-    if op_threads:
-        intra = op_threads[0]
+             _xla_words(plan.jit_compile, backend)]
+    if plan.op_threads:
+        intra = plan.op_threads[0]
         notes.append(f"2 ops at a time, {intra} thread{'s' if intra > 1 else ''} each")
     if machine.onednn is not None and not machine.gpu and backend == "tensorflow":
         notes.append("oneDNN on" if machine.onednn else
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
-    if kind.recurrent:
-        notes.append(_lstm_kernel(machine, mcfg, unroll, together))
-    if fused:
-        notes.append(f"fused {OPTIMIZERS[tcfg['optimizer']]} updates")
+    if KINDS[mcfg["type"]].recurrent:
+        notes.append(_lstm_kernel(machine, mcfg, plan.unroll, plan.layers_together))
+    if plan.fused_updates:
+        notes.append(f"fused {OPTIMIZERS[config['train']['optimizer']]} updates")
     if machine.cpu and not machine.gpu:
         notes.append(f"CPU {machine.cpu}")
-    return SpeedPlan(precision=precision, unroll=unroll, jit_compile=xla,
-                     steps_per_execution=spe, op_threads=op_threads, fused_updates=fused,
-                     one_call_epochs=one_call,
-                     validation_batch=ONE_CALL_VAL_BATCH if one_call else None,
-                     pixels_in_graph=backend == "tensorflow",
-                     line=", ".join(notes), layers_together=together)
+    return ", ".join(notes)
 
 
 def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool,

@@ -32,7 +32,7 @@ import numpy as np
 from mnist_seq import backend, distribute, origin, speed
 from mnist_seq.config import OPTIMIZERS
 from mnist_seq.data import find_mnist, load_mnist, needs_download, split_train_val, to_float
-from mnist_seq.errors import ConfigError, MnistSeqError, WriteError
+from mnist_seq.errors import MnistSeqError, WriteError
 from mnist_seq.models import build_model, build_state
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
 from mnist_seq.rundir import Rows, RunDir, best_epoch
@@ -139,20 +139,16 @@ def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT
     `RunDir.new` still to be made, or with `resume` an unfinished run)."""
     # Read first: a run that cannot be resumed is said before the data and Keras load.
     rows, restore = run.resume_point() if resume else ([], None)
-    for line in distribute.check(options.distribute, backend.choose(options.backend)):
+    for line in distribute.check(options.distribute, backend.choose(options.backend),
+                                 named_run=not run.timestamped):
         log(line)
-    # Processes named on the command line are told before they join: one that raised
-    # after joining could tear down the group while another is still on its way there.
-    if options.distribute and options.distribute.several_processes:
-        _require_shared_run_dir(run)
     data, where, phases = _data_and_backend(config, options)
     ready = time.perf_counter()
     for note in data.notes:
         log(f"Note: {note}")
     cluster = distribute.join(backend.name(), options.distribute)
     cluster.check_batch(config["train"]["batch_size"], "train.batch_size")
-    if cluster.several_processes:  # also a cluster JAX found by itself (SLURM, ...)
-        _require_shared_run_dir(run)
+    cluster.check_run_dir(named_run=not run.timestamped)
     if options.tensorboard:
         _require_tensorboard()
     if not cluster.writer:
@@ -169,12 +165,6 @@ def build(config: dict[str, Any], run: RunDir, options: RuntimeOptions = DEFAULT
     session.phases |= phases | {"compile": round(time.perf_counter() - ready
                                                  - session.phases["start"], 3)}
     return session
-
-
-def _require_shared_run_dir(run: RunDir) -> None:
-    if run.timestamped:
-        raise ConfigError("a run over several processes needs --run-dir: every process "
-                          "must name the same run folder")
 
 
 def _data_and_backend(config: dict[str, Any],

@@ -22,6 +22,7 @@ from test_cli import assert_one_line_error, run
 from test_learning import expected_steps, steps_of
 from test_robustness import assert_complete_run, wait_for_epochs
 
+from mnist_seq.errors import ConfigError
 from mnist_seq.rundir import RunDir
 
 # 576 training samples: nine full global batches of 64, so no sample is left over
@@ -312,4 +313,20 @@ def test_a_local_cluster_does_nothing_but_pass_the_data_through():
     assert local.eval_inputs(x, y, 4) == {"x": x, "y": y, "batch_size": 4}
     assert local.validation(x, y, 4)["validation_batch_size"] == 4
     local.check_batch(7, "train.batch_size")  # any batch splits over one device
+    local.check_run_dir(named_run=False)  # one process may write a timestamped folder
     local.close()
+
+
+def test_several_processes_need_one_named_run_folder():
+    from mnist_seq.distribute import Cluster, check
+    from mnist_seq.options import DistributeOptions
+
+    named = DistributeOptions(num_processes=2, process_id=0, coordinator="localhost:1234")
+    assert check(named, "jax", named_run=True)[0].startswith("Joining 2 processes")
+    with pytest.raises(ConfigError, match="needs --run-dir"):
+        check(named, "jax", named_run=False)  # before joining, so no process waits
+    assert check(DistributeOptions(), "jax", named_run=False) == []  # one process
+    found = Cluster("jax", 1, 2, 2, None)  # a cluster JAX found by itself
+    with pytest.raises(ConfigError, match="needs --run-dir"):
+        found.check_run_dir(named_run=False)
+    found.check_run_dir(named_run=True)
