@@ -149,8 +149,8 @@ def _in_a_chain(layer, before) -> bool:
 def _steppable(lstm) -> bool:
     cell = lstm.cell
     return (not cell.dropout and not cell.recurrent_dropout and not lstm.go_backwards
-            and not lstm.stateful and not lstm.zero_output_for_mask
-            and lstm.compute_dtype == "float32")
+            and not lstm.stateful and not lstm.return_state
+            and not lstm.zero_output_for_mask and lstm.compute_dtype == "float32")
 
 
 def _layers_together(lstms, drops, tail, inputs):
