@@ -31,7 +31,7 @@ import numpy as np
 
 from mnist_seq import backend, distribute, origin, speed
 from mnist_seq.config import OPTIMIZERS
-from mnist_seq.data import find_mnist, load_mnist, needs_download, split_train_val, to_float
+from mnist_seq.data import Dataset, find_mnist, needs_download, split_train_val, to_float
 from mnist_seq.errors import MnistSeqError, WriteError
 from mnist_seq.models import build_model, build_state
 from mnist_seq.options import DEFAULT_OPTIONS, RuntimeOptions
@@ -53,11 +53,12 @@ class Data:
     notes: list[str] = field(default_factory=list)
 
 
-def load_data(config: dict[str, Any], options: RuntimeOptions) -> Data:
-    """MNIST split as the config says: a seeded validation fraction of the training set,
-    optionally a slice of it, and the first N test images."""
+def load_data(config: dict[str, Any], read: Callable[[], Dataset]) -> Data:
+    """MNIST (from `read`, a reader `data.find_mnist` found) split as the config says: a
+    seeded validation fraction of the training set, optionally a slice of it, and the
+    first N test images."""
     tcfg, dcfg = config["train"], config["data"]
-    ds = load_mnist(options.data_dir, dcfg["dir"])
+    ds = read()
     x_train, y_train, x_val, y_val = split_train_val(
         ds.x_train, ds.y_train, tcfg["validation_fraction"], tcfg["seed"],
         dcfg["max_train_samples"])
@@ -176,15 +177,15 @@ def _data_and_backend(config: dict[str, Any],
     deterministic = config["train"]["deterministic"]
     start = time.perf_counter()
     # A data path that is missing or holds no MNIST files is said before Keras loads.
-    find_mnist(options.data_dir, config["data"]["dir"])
+    read = find_mnist(options.data_dir, config["data"]["dir"])
     if needs_download(options.data_dir, config["data"]["dir"]):
-        data = load_data(config, options)
+        data = load_data(config, read)
         loaded = time.perf_counter()
         where = backend.setup(options, deterministic=deterministic)
         return data, where, {"data": round(loaded - start, 3),
                              "keras": round(time.perf_counter() - loaded, 3)}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        reading = pool.submit(load_data, config, options)
+        reading = pool.submit(load_data, config, read)
         try:
             where = backend.setup(options, deterministic=deterministic)
         finally:
