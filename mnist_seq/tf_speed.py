@@ -6,8 +6,8 @@ a GPU or under a distribution never touches this module.
 
 Three tricks reach into Keras: fused updates read the optimizer's slot variables
 (`_get_variable_index`, `_momentums`, `_velocities`), one-call epochs replace
-`train_step` on one model instance, and stacked LSTMs trained row by row replace its
-`call` for training after reading how its layers are joined (`_inbound_nodes`).
+`train_step` on one model instance, and stacked LSTMs run row by row replace its
+`call` after reading how its layers are joined (`_inbound_nodes`).
 `keras_internals_present` checks the slots; tests/test_tf_speed.py fails loudly when
 a Keras release changes any of it, and the trick is then skipped rather than run on
 a guess.
@@ -77,11 +77,11 @@ def _unrolled_when_training(layer, inner_loop):
 
 
 def step_layers_together(model) -> bool:
-    """Make this model instance train its stack of LSTMs row by row across the layers
-    (layer 2 reads row t as soon as layer 1 has written it), and keep Keras's
-    layer-by-layer call everywhere else (validation, the test score, saving). Returns
-    False, changing nothing, where the model is not a plain chain of two or more
-    LSTMs (each optionally followed by a Dropout) before its other layers.
+    """Make this model instance run its stack of LSTMs row by row across the layers
+    (layer 2 reads row t as soon as layer 1 has written it): written out for training,
+    in one loop for inference; the saved model is Keras's. Returns False, changing
+    nothing, where the model is not a plain chain of two or more LSTMs (each
+    optionally followed by a Dropout) before its other layers.
 
     Keras runs each LSTM over all 28 rows before the next layer starts: its outputs
     are stacked into one tensor, dropped out and unstacked again, so the unrolled
@@ -91,7 +91,13 @@ def step_layers_together(model) -> bool:
     (docs/performance.md). Each cell is the layer's own, called as Keras's loop calls
     it, and each Dropout draws its mask over the whole sequence as Keras does (once
     per step, from the layer's own seed), so the outputs are Keras's exactly; the
-    weight gradients sum the rows in another order (differences about 1e-9)."""
+    weight gradients sum the rows in another order (differences about 1e-9).
+
+    Inference (validation, the test score, snapshots) runs the same cells in one
+    TensorFlow loop over the rows, the layers a row apart (`_layers_in_one_loop`):
+    Keras's three loops, one a layer, ran one op at a time on the plan's one thread
+    per op. Its outputs are Keras's exactly, and its graph, a few cells long,
+    compiles sooner."""
     stack = _lstm_stack(model)
     if stack is None:
         return False
@@ -99,9 +105,11 @@ def step_layers_together(model) -> bool:
     call = model.call
 
     def call_stepping_layers_together(inputs, training=None, mask=None, **kwargs):
-        if not training or mask is not None or kwargs:
+        if mask is not None or kwargs:
             return call(inputs, training=training, mask=mask, **kwargs)
-        return _layers_together(lstms, drops, tail, inputs)
+        if training:
+            return _layers_together(lstms, drops, tail, inputs)
+        return _layers_in_one_loop(lstms, tail, inputs)
 
     model.call = call_stepping_layers_together
     return True
@@ -175,6 +183,54 @@ def _layers_together(lstms, drops, tail, inputs):
         x = drops[-1](x, training=True)
     for layer in tail:
         x = layer(x, training=True)
+    return x
+
+
+def _layers_in_one_loop(lstms, tail, inputs, rows_per_turn: int = 2):
+    """The inference call of an LSTM stack in one loop over the rows: layer i works on
+    row k - i in turn k, so the cells of one turn do not wait for each other and run
+    side by side. The first and last turns, where some layers have no row yet or no
+    more, are written out; each loop turn runs `rows_per_turn` rows, which kept the
+    loop's own costs out of sight (docs/performance.md)."""
+    import tensorflow as tf
+
+    inputs = tf.cast(inputs, "float32")
+    batch, rows, depth = tf.shape(inputs)[0], inputs.shape[1], len(lstms)
+    xs = tf.transpose(inputs, [1, 0, 2])  # row-major, so xs[k] is row k of every image
+
+    def turn(k, states, outs, layers):
+        states, outs, last = list(states), list(outs), None
+        for i in reversed(layers):  # each layer reads what the one below made last turn
+            h, states[i] = lstms[i].cell(xs[k] if i == 0 else outs[i - 1], states[i],
+                                         training=False)
+            if i < depth - 1:
+                outs[i] = h
+            else:
+                last = h
+        return states, outs, last
+
+    states = [[tf.zeros([batch, lstm.units])] * 2 for lstm in lstms]
+    outs = [None] * (depth - 1)
+    for k in range(depth - 1):  # the first turns: layers 0..k
+        states, outs, _ = turn(k, states, outs, range(k + 1))
+    full_turns = rows - depth + 1
+    looped = full_turns - full_turns % rows_per_turn
+
+    def body(k, states, outs, last):
+        for j in range(rows_per_turn):
+            states, outs, last = turn(k + j, states, outs, range(depth))
+        return [k + rows_per_turn, states, outs, last]
+
+    k, states, outs, last = tf.while_loop(
+        lambda k, *_: k < depth - 1 + looped, body,
+        [tf.constant(depth - 1), states, outs, tf.zeros([batch, lstms[-1].units])],
+        maximum_iterations=looped // rows_per_turn, parallel_iterations=32)
+    for k in range(depth - 1 + looped, rows + depth - 1):  # the rest, and the last turns
+        states, outs, h = turn(k, states, outs, range(max(0, k - rows + 1), depth))
+        last = h if h is not None else last
+    x = last
+    for layer in tail:
+        x = layer(x, training=False)
     return x
 
 

@@ -197,9 +197,20 @@ def test_stacked_lstms_train_row_by_row_as_keras_trains_them():
     for g, k in zip(grads, keras_grads, strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(k), atol=1e-6)
     assert not np.array_equal(out, np.asarray(stepped(x, training=False)))  # dropout on
-    np.testing.assert_array_equal(np.asarray(stepped(x, training=False)),
-                                  np.asarray(keras_lstm(x, training=False)))
-    assert _while_loops(lambda v: stepped(v, training=False), x) == 3
+    # Inference: one loop over the rows for the whole stack, Keras's outputs exactly,
+    # eagerly and as the graph validation and the test score run.
+    for call in (lambda m, v: m(v, training=False), tf.function(
+            lambda m, v: m(v, training=False), reduce_retracing=True)):
+        np.testing.assert_array_equal(np.asarray(call(stepped, x)),
+                                      np.asarray(call(keras_lstm, x)))
+    assert _while_loops(lambda v: keras_lstm(v, training=False), x) == 3
+    assert _while_loops(lambda v: stepped(v, training=False), x) == 1
+    assert _while_loops(lambda v: stepped(v, training=True), x) == 0
+    two, stepped_two = (build_model({**cfg, "units": [16, 12]}) for _ in range(2))
+    stepped_two.set_weights(two.get_weights())
+    assert step_layers_together(stepped_two)  # 27 full turns: one left out of the loop
+    np.testing.assert_array_equal(np.asarray(stepped_two(x, training=False)),
+                                  np.asarray(two(x, training=False)))
 
     single = build_model({**cfg, "units": [16]})
     probe = build_lstm(cfg, probe=True)
