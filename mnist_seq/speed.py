@@ -48,7 +48,7 @@ class SpeedPlan:
     validation_batch: int | None  # None: the training batch
     pixels_in_graph: bool  # training images go to TensorFlow as uint8, scaled per batch
     line: str  # the plan in words, for the Speed: line
-    # Stacked LSTMs trained row by row across their layers (tf_speed.step_layers_together)
+    # Stacked LSTMs trained row by row across their layers (lstm_rows.step_layers_together)
     layers_together: bool = False
 
 
@@ -117,8 +117,10 @@ def plan_speed(config: dict[str, Any], machine: Machine, backend: str = "tensorf
     op_threads = (max(1, machine.cores // 2), 2) if unroll and tf_cpu else None
     # Keras finishes each LSTM over all 28 rows before the next starts, so the
     # unrolled graph waits at every layer; row by row across the layers, the 3-layer
-    # LSTM trained 1.76x as many samples a second (docs/performance.md).
-    together = unroll and tf_cpu and len(mcfg.get("units", [])) > 1
+    # LSTM trained 1.76x as many samples a second, and 1.2x on JAX in one scan
+    # (docs/performance.md). Not measured on a GPU or over several processes.
+    together = (len(mcfg.get("units", [])) > 1 and kind.recurrent and not machine.gpu
+                and not distributed and (unroll or backend == "jax"))
     # The MLP's steps are so small that fixed costs per batch rule its speed on a CPU:
     # each epoch in one TensorFlow call, on batches sliced inside the graph (1.15x here,
     # 1.25x with validation in batches of 2048; LeNet gained nothing from it). Fused
@@ -173,7 +175,8 @@ def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool,
         how = "unrolled over the 28 rows for training" if unroll else \
             "Keras's loop over the 28 rows"
         if together:
-            how += ", the layers row by row together"
+            how += ", the layers row by row together" if unroll else \
+                ", for training one scan with the layers row by row together"
         return f"LSTM kernel: generic, {how} (CPU; cuDNN needs a GPU)"
     if mcfg["recurrent_dropout"]:
         return "LSTM kernel: generic, because recurrent_dropout > 0 rules out cuDNN"
@@ -205,12 +208,12 @@ def apply_before_build(plan: SpeedPlan) -> list[str]:
 def apply_to_model(plan: SpeedPlan, model) -> list[str]:
     """Carry out the parts of the plan that change a compiled model (LSTMs unrolled for
     training, fused updates). Returns notes on what could not be done."""
-    from mnist_seq import tf_speed
+    from mnist_seq import backend, lstm_rows, tf_speed
 
     notes = []
     if plan.unroll:
         tf_speed.unroll_for_training(model)
-    if plan.layers_together and not tf_speed.step_layers_together(model):
+    if plan.layers_together and not lstm_rows.step_layers_together(model, backend.name()):
         notes.append("the LSTM layers train one after another: the model is not a plain "
                      "chain of LSTMs")
     if not plan.fused_updates:

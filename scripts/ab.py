@@ -11,7 +11,7 @@ update), graph (0/1, each epoch in one call on batches sliced in the graph), vba
 heavy graph rewrites off, tf_speed.HEAVY_REWRITES; off: no Grappler at all).
 unroll=1 unrolls for training only (tf_speed.unroll_for_training); fusedlstm=1 trains
 LSTMs with TensorFlow's fused op (tf_speed.fuse_lstm_for_training); together=1 trains
-stacked LSTMs row by row across their layers (tf_speed.step_layers_together).
+stacked LSTMs row by row across their layers (lstm_rows.step_layers_together).
 Each process trains the bundled config's model on a real MNIST slice (10% of it
 held out for validation) and prints steady samples/s (training samples over the
 median epoch after the first) and the first epoch's seconds (which include
@@ -49,7 +49,8 @@ if "threads" in v:
 from mnist_seq.config import load_config
 from mnist_seq.data import load_mnist
 from mnist_seq.models import build_model, build_state
-from mnist_seq.tf_speed import fuse_lstm_for_training, step_layers_together, unroll_for_training
+from mnist_seq.lstm_rows import step_layers_together
+from mnist_seq.tf_speed import fuse_lstm_for_training, unroll_for_training
 from mnist_seq.train import make_optimizer
 cfg = load_config(name)
 ds = load_mnist(os.environ["MNIST_SEQ_DATA"])
@@ -64,7 +65,7 @@ build_state(model)
 if v.get("unroll", "0") == "1":
     unroll_for_training(model)
 if v.get("together", "0") == "1":
-    assert step_layers_together(model)
+    assert step_layers_together(model, os.environ["KERAS_BACKEND"])
 if v.get("fusedlstm", "0") == "1":
     assert fuse_lstm_for_training(model)
 if v.get("fused", "0") == "1":

@@ -236,3 +236,43 @@ def _probabilities(predict_json: str) -> np.ndarray:
     """Each input's top-3 classes and probabilities, from `predict --json`."""
     return np.array([[(t["class"], t["probability"]) for t in r["top"]]
                      for r in json.loads(predict_json)])
+
+
+STACK_ON_JAX = r"""
+import numpy as np, jax, jax.numpy as jnp, keras
+from mnist_seq.config import validate
+from mnist_seq.lstm_rows import step_layers_together
+from mnist_seq.models import build_model
+cfg = validate({"model": {"type": "lstm", "units": [16, 12, 8], "dropout": 0.25,
+                          "l2_last": 1e-3}})["model"]
+keras.utils.set_random_seed(0)
+keras_lstm, stepped = build_model(cfg), build_model(cfg)
+stepped.set_weights(keras_lstm.get_weights())
+assert step_layers_together(stepped, "jax")
+x = np.random.default_rng(0).random((8, 28, 28), dtype=np.float32)
+trainable = [v.value for v in keras_lstm.trainable_variables]
+others = [v.value for v in keras_lstm.non_trainable_variables]  # the dropout seeds
+
+def outputs(model, training):
+    def loss(weights):
+        out, _ = model.stateless_call(weights, others, x, training=training)
+        return jnp.sum(out * jnp.arange(10.0)), out
+    return jax.grad(loss, has_aux=True)(trainable)
+
+(keras_grads, expected), (grads, out) = outputs(keras_lstm, True), outputs(stepped, True)
+np.testing.assert_allclose(out, expected, atol=1e-6)
+for g, k in zip(grads, keras_grads, strict=True):
+    np.testing.assert_allclose(g, k, atol=1e-5)
+assert not np.allclose(out, outputs(stepped, False)[1])  # dropout on when training
+np.testing.assert_array_equal(outputs(stepped, False)[1], outputs(keras_lstm, False)[1])
+assert not step_layers_together(build_model({**cfg, "units": [16]}), "jax")
+print("same")
+"""
+
+
+def test_stacked_lstms_train_in_one_scan_as_keras_trains_them():
+    """On JAX the stack trains in one scan over the rows, the layers a row apart: Keras's
+    outputs (the same dropout masks) and gradients to rounding; inference is Keras's."""
+    out = subprocess.run([sys.executable, "-c", STACK_ON_JAX], capture_output=True, text=True,
+                         env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert out.returncode == 0 and out.stdout.strip().endswith("same"), out.stderr[-3000:]

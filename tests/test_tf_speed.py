@@ -164,13 +164,15 @@ def test_the_fused_lstm_op_trains_as_keras_lstms_do():
 
 def test_stacked_lstms_train_row_by_row_as_keras_trains_them():
     """Row by row across the layers, training gives Keras's outputs exactly (the same
-    dropout masks) and its gradients to rounding; inference is Keras's own call. Models
-    the row-by-row call cannot run are left as they were."""
+    dropout masks) and its gradients to rounding; inference, in one loop over the rows,
+    gives Keras's outputs exactly. Models the row-by-row call cannot run are left as
+    they were."""
     import keras
     import tensorflow as tf
 
+    from mnist_seq.lstm_rows import step_layers_together
     from mnist_seq.models import build_lstm, build_model
-    from mnist_seq.tf_speed import step_layers_together, unroll_for_training
+    from mnist_seq.tf_speed import unroll_for_training
 
     cfg = validate({"model": {"type": "lstm", "units": [16, 12, 8], "dropout": 0.25,
                               "l2_last": 1e-3}})["model"]
