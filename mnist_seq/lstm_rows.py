@@ -48,16 +48,15 @@ def step_layers_together(model, backend: str = "tensorflow") -> bool:
         return False
     lstms, drops, tail = stack
     call = model.call
-    jax = backend == "jax"
+    train, infer = (_one_scan, None) if backend == "jax" else \
+        (_layers_together, _layers_in_one_loop)
 
     def call_stepping_layers_together(inputs, training=None, mask=None, **kwargs):
-        if mask is not None or kwargs or (jax and not training):
+        if mask is not None or kwargs or (not training and infer is None):
             return call(inputs, training=training, mask=mask, **kwargs)
-        if jax:
-            return _one_scan(lstms, drops, tail, inputs)
         if training:
-            return _layers_together(lstms, drops, tail, inputs)
-        return _layers_in_one_loop(lstms, tail, inputs)
+            return train(lstms, drops, tail, inputs)
+        return infer(lstms, tail, inputs)
 
     model.call = call_stepping_layers_together
     return True
@@ -169,7 +168,7 @@ def _layers_in_one_loop(lstms, tail, inputs, rows_per_turn: int = 2):
             states, outs, last = turn(k + j, states, outs, range(depth))
         return [k + rows_per_turn, states, outs, last]
 
-    k, states, outs, last = tf.while_loop(
+    _, states, outs, last = tf.while_loop(
         lambda k, *_: k < depth - 1 + looped, body,
         [tf.constant(depth - 1), states, outs, tf.zeros([batch, lstms[-1].units])],
         maximum_iterations=looped // rows_per_turn, parallel_iterations=32)
