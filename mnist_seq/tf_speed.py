@@ -256,7 +256,9 @@ def pixel_batches(x, y, batch_size: int, seed: int):
     x, y = tf.constant(x), tf.constant(y)
     order = tf.data.Dataset.range(len(y)).shuffle(len(y), seed=seed,
                                                   reshuffle_each_iteration=True)
-    return (order.batch(batch_size)
+    # Whole batches only, when they divide the set (nothing is dropped): the batch size
+    # is then known when tracing, and the unrolled LSTM's step has no shape ops to make.
+    return (order.batch(batch_size, drop_remainder=len(y) % batch_size == 0)
             .map(lambda i: (to_unit(tf.gather(x, i)), tf.gather(y, i)), num_parallel_calls=2)
             .prefetch(2).with_options(without_autotune()))
 

@@ -269,6 +269,11 @@ def test_pixel_batches_scale_and_reshuffle_every_epoch():
     assert orders[0] != orders[1] and orders[0] != list(range(50))
     # No autotuner thread, whose sleep the iterator's teardown would wait out.
     assert batches.options().autotune.enabled is False
+    # The batch size is known to the traced step where the batches are all whole.
+    assert batches.element_spec[0].shape.as_list() == [None, 28, 28]
+    whole = tf_speed.pixel_batches(pixels[:48], labels[:48], 16, seed=0)
+    assert whole.element_spec[0].shape.as_list() == [16, 28, 28]
+    assert sorted(np.concatenate([y.numpy() for _, y in whole])) == list(range(48))
 
 
 def test_optimizers_without_a_fused_op_are_left_alone():
