@@ -172,8 +172,8 @@ def _line(plan: SpeedPlan, config: dict[str, Any], machine: Machine, backend: st
 def _lstm_kernel(machine: Machine, mcfg: dict[str, Any], unroll: bool,
                  together: bool) -> str:
     if not machine.gpu:
-        how = "unrolled over the 28 rows for training" if unroll else \
-            "Keras's loop over the 28 rows"
+        how = ("unrolled over the 28 rows for training, Grappler passes that change no "
+               "arithmetic off") if unroll else "Keras's loop over the 28 rows"
         if together:
             how += ", the layers row by row together" if unroll else \
                 ", for training one scan with the layers row by row together"
@@ -196,6 +196,10 @@ def apply_before_build(plan: SpeedPlan) -> list[str]:
 
     keras.mixed_precision.set_global_policy(plan.precision)
     notes = []
+    if plan.unroll:
+        from mnist_seq import tf_speed
+
+        tf_speed.rewrites_off(tf_speed.IDLE_REWRITES)
     if plan.op_threads:
         from mnist_seq import tf_speed
 

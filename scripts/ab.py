@@ -8,7 +8,8 @@ so it defaults to 1 there), unroll (0/1, LSTMs), batch, threads (intra:inter op
 threads), onednn (0/1, TF_ENABLE_ONEDNN_OPTS), fused (0/1, one op per optimizer
 update), graph (0/1, each epoch in one call on batches sliced in the graph), vbatch
 (validation batch size, default the training batch), rewrites (light: TensorFlow's
-heavy graph rewrites off, tf_speed.HEAVY_REWRITES; off: no Grappler at all).
+heavy graph rewrites off, tf_speed.HEAVY_REWRITES; idle: the passes that leave
+the arithmetic as it is off, tf_speed.IDLE_REWRITES; off: no Grappler at all).
 unroll=1 unrolls for training only (tf_speed.unroll_for_training); fusedlstm=1 trains
 LSTMs with TensorFlow's fused op (tf_speed.fuse_lstm_for_training); together=1 trains
 stacked LSTMs row by row across their layers (lstm_rows.step_layers_together).
@@ -38,9 +39,9 @@ if "onednn" in v:
     os.environ["TF_ENABLE_ONEDNN_OPTS"] = v["onednn"]  # read when TensorFlow loads
 import keras
 from mnist_seq.tf_speed import epochs_in_one_call, fuse_optimizer_updates, set_op_threads
-if v.get("rewrites") == "light":
-    from mnist_seq.tf_speed import lighten_rewrites
-    lighten_rewrites()
+if v.get("rewrites") in ("light", "idle"):
+    from mnist_seq.tf_speed import HEAVY_REWRITES, IDLE_REWRITES, rewrites_off
+    rewrites_off(HEAVY_REWRITES if v["rewrites"] == "light" else IDLE_REWRITES)
 if v.get("rewrites") == "off":
     import tensorflow as tf
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

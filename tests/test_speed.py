@@ -79,8 +79,8 @@ def test_the_line_describes_the_whole_plan():
     assert p.op_threads == (2, 2)
     assert p.line == ("TensorFlow, precision float32, 64 steps per execution, XLA off, 2 ops "
                       "at a time, 2 threads each, oneDNN off (TF_ENABLE_ONEDNN_OPTS=0), "
-                      "LSTM kernel: generic, unrolled over the 28 rows for training (CPU; "
-                      "cuDNN needs a GPU)")
+                      "LSTM kernel: generic, unrolled over the 28 rows for training, "
+                      "Grappler passes that change no arithmetic off (CPU; cuDNN needs a GPU)")
     sgd = plan_speed(validate({"model": {"type": "cnn"}, "train": {"optimizer": "sgd"}}), CPU)
     assert not sgd.fused_updates and "fused" not in sgd.line
     assert plan("lstm", backend="jax").line == (
