@@ -15,6 +15,20 @@ FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512_bf16": "AV
          "amx_bf16": "AMX", "asimd": "NEON", "sve": "SVE", "bf16": "BF16"}
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) under which it still computes
+# bfloat16 natively; any other cap leaves it emulating bfloat16, slower than float32.
+BF16_ISA_CAPS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
+                 "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
+                 "AVX10_1_512_AMX_FP16", "ALL", "DEFAULT")
+
+
+def onednn_isa_cap() -> str | None:
+    """The highest instruction set oneDNN (TensorFlow's CPU kernels) may use, where the
+    environment caps it (`ONEDNN_MAX_CPU_ISA=AVX2`, as on an AVX2-only CPU), else None."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.strip().upper() if cap and cap.strip() else None
+
+
 @dataclass(frozen=True)
 class CPU:
     """One CPU's facts (`flags` are the keys of FLAGS it has)."""

@@ -34,6 +34,7 @@ class Machine:
     onednn: bool | None = None  # TensorFlow's oneDNN CPU kernels run (None: cannot say)
     onednn_user_off: bool = False  # ... because TF_ENABLE_ONEDNN_OPTS=0
     cpu: str = ""  # the CPU in words (machine.CPU.describe), for the Speed: line
+    onednn_cap: str | None = None  # ONEDNN_MAX_CPU_ISA, where set (machine.onednn_isa_cap)
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,15 @@ def machine_facts(on_gpu: bool, backend: str, cores: int | None = None) -> Machi
         from mnist_seq.tf_speed import onednn_enabled
 
         onednn = onednn_enabled()
-    from mnist_seq.machine import cpu
+    from mnist_seq.machine import BF16_ISA_CAPS, cpu, onednn_isa_cap
 
-    return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1, bf16=cpu().bf16,
+    # Capped below its bfloat16 instructions, oneDNN emulates bfloat16: float32 is faster.
+    cap = onednn_isa_cap() if backend == "tensorflow" and not on_gpu else None
+    return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1,
+                   bf16=cpu().bf16 and (cap is None or cap in BF16_ISA_CAPS),
                    onednn=onednn,
                    onednn_user_off=os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0",
-                   cpu=cpu().describe())
+                   cpu=cpu().describe(), onednn_cap=cap)
 
 
 def choose_precision(setting: str, model_type: str, machine: Machine,
@@ -157,7 +161,8 @@ def _line(plan: SpeedPlan, config: dict[str, Any], machine: Machine, backend: st
         intra = plan.op_threads[0]
         notes.append(f"2 ops at a time, {intra} thread{'s' if intra > 1 else ''} each")
     if machine.onednn is not None and not machine.gpu and backend == "tensorflow":
-        notes.append("oneDNN on" if machine.onednn else
+        cap = f" up to {machine.onednn_cap} (ONEDNN_MAX_CPU_ISA)" if machine.onednn_cap else ""
+        notes.append(f"oneDNN on{cap}" if machine.onednn else
                      "oneDNN off" + (" (TF_ENABLE_ONEDNN_OPTS=0)" if machine.onednn_user_off
                                      else ""))
     if KINDS[mcfg["type"]].recurrent:

@@ -31,6 +31,30 @@ def test_auto_precision_keeps_lstms_and_gpus_in_float32():
     assert choose_precision("auto", "cnn", CPU, "jax") == "float32"
 
 
+@pytest.mark.parametrize(("cap", "precision"), [
+    (None, "mixed_bfloat16"), ("avx2", "float32"), ("AVX512_CORE", "float32"),
+    ("AVX512_CORE_AMX", "mixed_bfloat16"),
+])
+def test_onednn_capped_below_its_bfloat16_instructions_trains_cnns_in_float32(
+        monkeypatch, cap, precision):
+    from mnist_seq import machine
+    from mnist_seq.speed import machine_facts
+
+    bf16_cpu = machine.CPU("GenuineIntel", "A CPU", 2, ("avx2", "fma", "avx512f", "amx_bf16"))
+    monkeypatch.setattr(machine, "cpu", lambda: bf16_cpu)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    p = plan("cnn", machine_facts(False, "tensorflow"))
+    assert p.precision == precision
+    said = f"oneDNN on up to {cap.upper()} (ONEDNN_MAX_CPU_ISA)" if cap else "oneDNN on,"
+    assert said in p.line
+    # JAX does not use oneDNN: the cap says nothing there.
+    assert machine_facts(False, "jax").bf16
+
+
 def test_xla_is_off_for_tensorflow_on_cpus_unless_asked_for():
     assert choose_xla("auto", on_gpu=False) is False
     assert choose_xla("auto", on_gpu=True) == "auto"
