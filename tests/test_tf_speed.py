@@ -3,6 +3,7 @@ Keras internals they lean on are still there."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -396,3 +397,18 @@ def test_light_rewrites_turn_the_heavy_passes_off_and_keep_the_arithmetic_close(
     names, diff = _train_twice("tf_speed.rewrites_off()")
     assert names == str(sorted(HEAVY_REWRITES))
     assert float(diff) < 1e-4
+
+
+def test_a_cnn_trains_with_onednn_capped_at_avx2(data_dir, tmp_path):
+    # On a CPU with bfloat16 units and oneDNN capped at AVX2 (as an AVX2-only CPU has
+    # it), bfloat16 convolutions failed to build: the plan must train them in float32.
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mnist_seq", "train", "--model", "cnn-fast", "--epochs", "1",
+         "--max-train-samples", "300", "--max-test-samples", "200", "--data-dir",
+         str(data_dir), "--run-dir", str(tmp_path / "run")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "precision float32" in out.stdout
+    assert "oneDNN on up to AVX2 (ONEDNN_MAX_CPU_ISA)" in out.stdout
+    assert (tmp_path / "run" / "metrics.json").is_file()
