@@ -56,15 +56,16 @@ class SpeedPlan:
 def machine_facts(on_gpu: bool, backend: str, cores: int | None = None) -> Machine:
     """What the plan needs to know about this machine (Keras must be set up); `cores`:
     how many this process may use, if not all."""
-    onednn = None
+    from mnist_seq.machine import BF16_ISA_CAPS, cpu, onednn_isa_cap
+
+    onednn = cap = None
     if backend == "tensorflow" and not on_gpu:
         from mnist_seq.tf_speed import onednn_enabled
 
         onednn = onednn_enabled()
-    from mnist_seq.machine import BF16_ISA_CAPS, cpu, onednn_isa_cap
-
-    # Capped below its bfloat16 instructions, oneDNN emulates bfloat16: float32 is faster.
-    cap = onednn_isa_cap() if backend == "tensorflow" and not on_gpu else None
+        # Capped below its bfloat16 instructions, oneDNN emulates bfloat16: float32 is
+        # faster.
+        cap = onednn_isa_cap()
     return Machine(gpu=on_gpu, cores=cores or os.cpu_count() or 1,
                    bf16=cpu().bf16 and (cap is None or cap in BF16_ISA_CAPS),
                    onednn=onednn,
